@@ -1,0 +1,1 @@
+"""stcl_jax.training."""

@@ -1,0 +1,148 @@
+"""Shared pieces of the training configs: the paper's recipe and a tiny `runlocal` variant.
+
+Every config file (`swin_t.py` ... `swin_l.py`, `demo.py`) builds on `base_config()` and adds `config.model`
+(from `stcl_jax.models.model_config`). `get_config(arg)` returns a *locked* ConfigDict, so a typo in
+`--config.stcl.temperture=...` fails instead of being ignored.
+
+Recipe (He et al. 2021, Sec. 4.2, and mmseg's UperNet-Swin schedule it was trained with): AdamW, lr 7e-5,
+betas (0.9, 0.999), weight decay 0.01 with no decay on norms, biases, relative-position tables and position
+embeddings; linear warmup for 1,500 iterations then poly decay (power 1.0, mmseg `PolyLrUpdaterHook`); 20K
+iterations; global batch 16 clips; random resize 0.5-2.0, crop 768x768, horizontal flip; drop path 0.3; loss
+1.0 CE + 0.4 auxiliary CE + 0.2 STCL with tau 0.07 and a 512-d projection; a query frame + 1 reference frame.
+
+`config.data` (read by `stcl_jax.data.pipeline.make_train_loader`):
+  dir               built dataset directory (output of `stcl_jax.data.build`); "" in demo.py = generate one.
+  train_split, val_split   split names inside `dir`.
+  num_frames        frames per clip: frame 0 is the query frame, the others are reference frames.
+  ref_offsets       (lo, hi): each reference frame is query index + k, k uniform in [lo, hi] without 0,
+                    clipped to the video (negative = past frames).
+  base_size         (h, w): the clip is rescaled keeping its aspect ratio to fit base_size * r,
+                    r ~ U(scale_range) (mmseg `Resize(img_scale, ratio_range, keep_ratio=True)`).
+  scale_range       (lo, hi) of r.
+  crop_size         (h, w) random crop, the same window for every frame of a clip; padded with
+                    ignore_index (labels) and 0 (images) when the rescaled clip is smaller.
+  cat_max_ratio     mmseg RandomCrop: retry (up to 10x) crops where one class covers more than this share.
+  flip_prob         probability of a horizontal flip of the whole clip.
+  photometric       mmseg PhotoMetricDistortion (brightness, contrast, saturation, hue), same for all frames.
+  mean, std         per-channel normalisation in 0..255 units (ImageNet, as mmseg).
+  ignore_index      label value that no loss or metric counts.
+  worker_count      grain worker processes (0 = in the main process).
+  prefetch_buffer   grain per-worker buffer size.
+"""
+
+import ml_collections
+
+IMAGENET_MEAN = (123.675, 116.28, 103.53)
+IMAGENET_STD = (58.395, 57.12, 57.375)
+
+
+def base_config() -> ml_collections.ConfigDict:
+    """Everything but `config.model`, with the paper's recipe; unlocked so callers can add the model."""
+    c = ml_collections.ConfigDict()
+    c.seed = 0
+    c.total_steps = 20_000
+    c.global_batch_size = 16          # clips per step over all devices (8 GPUs x 2 in the paper)
+    c.init_from = ""                  # params-only dir (stcl_jax.models.io / convert.py) to start from
+
+    c.data = ml_collections.ConfigDict()
+    c.data.dir = ""
+    c.data.train_split = "train"
+    c.data.val_split = "val"
+    c.data.num_frames = 2
+    c.data.ref_offsets = (-3, 3)
+    c.data.base_size = (480, 853)     # VSPW 480p
+    c.data.scale_range = (0.5, 2.0)
+    c.data.crop_size = (768, 768)
+    c.data.cat_max_ratio = 0.75
+    c.data.flip_prob = 0.5
+    c.data.photometric = True
+    c.data.mean = IMAGENET_MEAN
+    c.data.std = IMAGENET_STD
+    c.data.ignore_index = 255
+    c.data.worker_count = 4
+    c.data.prefetch_buffer = 2
+
+    c.optim = ml_collections.ConfigDict()
+    c.optim.learning_rate = 7e-5
+    c.optim.b1 = 0.9
+    c.optim.b2 = 0.999
+    c.optim.eps = 1e-8
+    c.optim.weight_decay = 0.01
+    # Parameters whose path matches one of these regexes get no weight decay; so do all 1-d leaves and leaves
+    # named "bias" or "scale" (norms, biases).
+    c.optim.no_decay_patterns = ("relative_position_bias_table", "pos_embed", "position_embedding")
+    c.optim.warmup_steps = 1_500
+    c.optim.warmup_ratio = 1e-6       # mmseg: lr starts at warmup_ratio * poly lr
+    c.optim.poly_power = 1.0
+    c.optim.min_lr = 0.0
+    c.optim.grad_clip_norm = 0.0      # 0 = off (mmseg's Swin configs do not clip)
+
+    c.loss = ml_collections.ConfigDict()
+    c.loss.ce_weight = 1.0
+    c.loss.aux_weight = 0.4
+    c.loss.stcl_weight = 0.2
+    c.loss.temperature = 0.07
+
+    c.mesh = ml_collections.ConfigDict()
+    c.mesh.fsdp = False               # True: shard params + optimizer state over the "data" axis (ZeRO-3 style)
+    c.mesh.fsdp_min_size = 2 ** 16    # leaves smaller than this many elements stay replicated
+
+    c.log_every_steps = 50
+    c.checkpoint_every_steps = 1_000
+    c.keep_checkpoints = 3
+    c.eval_every_steps = 4_000        # 0 = only at the end; evaluation needs stcl_jax.evaluation
+    c.eval = ml_collections.ConfigDict()
+    c.eval.mode = "slide"
+    c.eval.crop = (768, 768)
+    c.eval.stride = (512, 512)
+    c.eval.max_videos = 0             # 0 = all videos of data.val_split
+    return c
+
+
+def runlocal(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+    """Shrinks a full config in place to a tiny one that trains a few steps on one CPU in about a minute."""
+    c.total_steps = 4
+    c.global_batch_size = 2
+    c.data.crop_size = (64, 64)
+    c.data.base_size = (64, 96)
+    c.data.worker_count = 0
+    c.optim.warmup_steps = 2
+    c.log_every_steps = 1
+    c.checkpoint_every_steps = 2
+    c.eval_every_steps = 0
+    c.eval.mode = "whole"
+    c.eval.crop = (64, 64)
+    c.eval.stride = (48, 48)
+    c.eval.max_videos = 2
+    m = c.model
+    m.swin.embed_dim = 16
+    m.swin.depths = (1, 1, 1, 1)
+    m.swin.num_heads = (1, 1, 1, 1)
+    m.swin.window_size = 4
+    m.decoder.channels = 16
+    m.aux.channels = 16
+    m.projection.dim = 16
+    m.dtype = "float32"
+    return c
+
+
+def finish(c: ml_collections.ConfigDict, arg) -> ml_collections.ConfigDict:
+    """Applies the `arg` variant ("" / None = full recipe, "runlocal" = tiny) and locks the config."""
+    arg = arg or ""
+    if arg == "runlocal":
+        runlocal(c)
+    elif arg:
+        raise ValueError(f"unknown config variant {arg!r}: expected '' or 'runlocal' (as --config=FILE:runlocal)")
+    c.lock()
+    return c
+
+
+def model(size: str, **kwargs) -> ml_collections.ConfigDict:
+    """`stcl_jax.models.model_config(size, **kwargs)` with the paper's training settings on top."""
+    from stcl_jax.models import model_config  # imported here so the data fields above need no model code
+
+    m = model_config(size, **kwargs)
+    m.swin.drop_path_rate = 0.3
+    m.projection.dim = 512
+    m.dtype = "bfloat16"
+    return m

@@ -1,0 +1,17 @@
+"""UperNet + Swin-L (ImageNet-22K pretrained, window 12) with the STCL recipe on VSPW.
+
+`--config configs/swin_l.py` is the paper's recipe (configs/common.py); `--config configs/swin_l.py:runlocal`
+is a tiny model that trains a few steps on one CPU.
+"""
+
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import common  # noqa: E402  (configs/ is not a package: config_flags loads this file by path)
+
+
+def get_config(arg=None):
+    c = common.base_config()
+    c.model = common.model("large", window_size=12)
+    return common.finish(c, arg)

@@ -1,0 +1,173 @@
+"""VSPW label encoding, class names, palette and on-disk layout.
+
+Label encoding (official VSPW release and its evaluation scripts): a mask PNG stores one raw value per pixel,
+0 = "others" (not evaluated), 1..124 = the 124 classes below, 255 = void. Training and evaluation use
+train ids: raw k -> k - 1 (0..123); raw 0 and 255 -> IGNORE_INDEX (255).
+
+Layout of the extracted 480p release (`VSPW_480p/`)::
+
+    train.txt  val.txt  test.txt            one video folder name per line
+    data/<index>_<YouTube id>/origin/<8-digit frame index>.jpg
+    data/<index>_<YouTube id>/mask/<8-digit frame index>.png     (absent for the test split)
+
+Frame names are indices into the source video, so a video's first frame is rarely 00000000: always use the sorted
+file names, never name arithmetic. YouTube ids may contain "_", so split a folder name on the FIRST "_" only.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Sequence
+
+import numpy as np
+
+NUM_CLASSES = 124
+IGNORE_INDEX = 255
+RAW_OTHERS = 0
+RAW_VOID = 255
+SPLITS = ("train", "val", "test")
+FRAME_EXT = ".jpg"
+MASK_EXT = ".png"
+
+# Index = train id (raw mask value - 1). Spelling as in the official release (including its capitals).
+CLASS_NAMES = (
+    "wall", "ceiling", "door", "stair", "ladder", "escalator", "Playground_slide", "handrail_or_fence",
+    "window", "rail", "goal", "pillar", "pole", "floor", "ground", "grass", "sand", "athletic_field", "road",
+    "path", "crosswalk", "building", "house", "bridge", "tower", "windmill", "well_or_well_lid",
+    "other_construction", "sky", "mountain", "stone", "wood", "ice", "snowfield", "grandstand", "sea", "river",
+    "lake", "waterfall", "water", "billboard_or_Bulletin_Board", "sculpture", "pipeline", "flag",
+    "parasol_or_umbrella", "cushion_or_carpet", "tent", "roadblock", "car", "bus", "truck", "bicycle",
+    "motorcycle", "wheeled_machine", "ship_or_boat", "raft", "airplane", "tyre", "traffic_light", "lamp",
+    "person", "cat", "dog", "horse", "cattle", "other_animal", "tree", "flower", "other_plant", "toy",
+    "ball_net", "backboard", "skateboard", "bat", "ball", "cupboard_or_showcase_or_storage_rack", "box",
+    "traveling_case_or_trolley_case", "basket", "bag_or_package", "trash_can", "cage", "plate",
+    "tub_or_bowl_or_pot", "bottle_or_cup", "barrel", "fishbowl", "bed", "pillow", "table_or_desk",
+    "chair_or_seat", "bench", "sofa", "shelf", "bathtub", "gun", "commode", "roaster", "other_machine",
+    "refrigerator", "washing_machine", "Microwave_oven", "fan", "curtain", "textiles", "clothes",
+    "painting_or_poster", "mirror", "flower_pot_or_vase", "clock", "book", "tool", "blackboard", "tissue",
+    "screen_or_television", "computer", "printer", "Mobile_phone", "keyboard", "other_electronic_product",
+    "fruit", "food", "instrument", "train",
+)
+assert len(CLASS_NAMES) == NUM_CLASSES
+
+
+def _bit_interleaved_palette(n: int, offset: int) -> np.ndarray:
+    """The PASCAL-VOC colour map (bits of the label spread over R, G, B), for labels offset .. offset + n - 1."""
+    out = np.zeros((n, 3), np.uint8)
+    for i in range(n):
+        label, r, g, b = i + offset, 0, 0, 0
+        for shift in range(7, -1, -1):
+            r |= ((label >> 0) & 1) << shift
+            g |= ((label >> 1) & 1) << shift
+            b |= ((label >> 2) & 1) << shift
+            label >>= 3
+        out[i] = (r, g, b)
+    return out
+
+
+# Colour of train id c = the VOC colour of its raw value c + 1, so raw "others" (0) would be black.
+# All 124 colours are distinct.
+PALETTE = _bit_interleaved_palette(NUM_CLASSES, offset=1)
+PALETTE.setflags(write=False)
+
+
+def raw_to_train_ids(mask: np.ndarray) -> np.ndarray:
+    """Raw VSPW mask values -> train ids (uint8): k -> k - 1 for 1..124; 0 and 255 -> IGNORE_INDEX.
+
+    Raises ValueError on any other value (not a VSPW label)."""
+    mask = np.asarray(mask)
+    bad = invalid_raw_values(mask)
+    if bad:
+        raise ValueError(f"mask holds values {bad} that are neither a VSPW class (0..{NUM_CLASSES}) nor void (255)")
+    lut = np.full(256, IGNORE_INDEX, np.uint8)
+    lut[1:NUM_CLASSES + 1] = np.arange(NUM_CLASSES, dtype=np.uint8)
+    return lut[mask.astype(np.uint8)]
+
+
+def train_ids_to_raw(ids: np.ndarray) -> np.ndarray:
+    """Train ids (0..123, IGNORE_INDEX) -> raw VSPW values (uint8): c -> c + 1, IGNORE_INDEX -> 255 (void)."""
+    ids = np.asarray(ids)
+    bad = np.unique(ids[(ids < 0) | ((ids >= NUM_CLASSES) & (ids != IGNORE_INDEX))]).tolist()
+    if bad:
+        raise ValueError(f"train ids {bad} are neither 0..{NUM_CLASSES - 1} nor the ignore index {IGNORE_INDEX}")
+    return np.where(ids == IGNORE_INDEX, RAW_VOID, ids + 1).astype(np.uint8)
+
+
+def invalid_raw_values(mask: np.ndarray) -> list[int]:
+    """Sorted distinct values of `mask` that are not a raw VSPW label (0..124 or 255); [] if all are valid."""
+    values = np.unique(np.asarray(mask))
+    return [int(v) for v in values if not (0 <= v <= NUM_CLASSES or v == RAW_VOID)]
+
+
+def colorize(train_ids: np.ndarray, ignore_color: Sequence[int] = (0, 0, 0)) -> np.ndarray:
+    """Train ids (H, W) -> RGB uint8 (H, W, 3) with PALETTE; ignored pixels get `ignore_color`."""
+    ids = np.asarray(train_ids)
+    lut = np.zeros((256, 3), np.uint8)
+    lut[:NUM_CLASSES] = PALETTE
+    lut[IGNORE_INDEX] = ignore_color
+    return lut[ids.astype(np.uint8)]
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Layout helpers
+# ---------------------------------------------------------------------------------------------------------------
+
+def split_video_name(video: str) -> tuple[str, str]:
+    """'<index>_<YouTube id>' -> (index, youtube_id); the id may itself contain '_'."""
+    index, sep, youtube_id = video.partition("_")
+    if not sep or not index:
+        raise ValueError(f"video folder name {video!r} is not '<index>_<YouTube id>'")
+    return index, youtube_id
+
+
+def split_file(root: str, split: str) -> str:
+    return os.path.join(root, f"{split}.txt")
+
+
+def read_split(root: str, split: str) -> list[str]:
+    """Video names listed in `<root>/<split>.txt` (blank lines skipped, order kept, duplicates rejected)."""
+    path = split_file(root, split)
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"split file {path} not found: expected the extracted VSPW_480p folder with "
+                                f"{'/'.join(s + '.txt' for s in SPLITS)}")
+    with open(path) as f:
+        videos = [line.strip() for line in f if line.strip()]
+    seen = set()
+    for v in videos:
+        if v in seen:
+            raise ValueError(f"{path}: video {v!r} is listed twice")
+        seen.add(v)
+    return videos
+
+
+def video_dir(root: str, video: str) -> str:
+    return os.path.join(root, "data", video)
+
+
+def frame_path(root: str, video: str, frame: str) -> str:
+    """Path of frame `frame` (name without extension, e.g. '00000123') of `video`."""
+    return os.path.join(root, "data", video, "origin", frame + FRAME_EXT)
+
+
+def mask_path(root: str, video: str, frame: str) -> str:
+    return os.path.join(root, "data", video, "mask", frame + MASK_EXT)
+
+
+def _stems(folder: str, ext: str) -> list[str]:
+    return sorted(n[: -len(ext)] for n in os.listdir(folder) if n.lower().endswith(ext) and not n.startswith("."))
+
+
+def frame_names(root: str, video: str) -> list[str]:
+    """Sorted frame names (no extension) of `video`'s origin/ folder: the frame order of the video."""
+    folder = os.path.join(video_dir(root, video), "origin")
+    if not os.path.isdir(folder):
+        raise FileNotFoundError(f"video {video!r}: frame folder {folder} not found")
+    return _stems(folder, FRAME_EXT)
+
+
+def mask_names(root: str, video: str) -> list[str] | None:
+    """Sorted mask names (no extension) of `video`, or None if it has no mask/ folder (test split)."""
+    folder = os.path.join(video_dir(root, video), "mask")
+    if not os.path.isdir(folder):
+        return None
+    return _stems(folder, MASK_EXT)

@@ -14,6 +14,7 @@ Usage: launch/tpu_pod.sh --tpu NAME --zone ZONE [options] [-- ARGS...]
 4. `gcloud compute tpus tpu-vm ssh --worker=all` runs on every worker
      cd REMOTE_DIR && [source .venv/bin/activate] && python -m MODULE ARGS...
    with output to REMOTE_DIR/logs/<run name>-worker-<hostname>.log (and this terminal, unless --detach).
+   jax.distributed.initialize() then reads coordinator, process count and id from the TPU metadata.
 
 Options (each also settable by the environment variable in brackets):
   --tpu NAME          TPU VM name (TPU_NAME, required)
@@ -26,6 +27,9 @@ Options (each also settable by the environment variable in brackets):
   --setup             create the venv and pip install (".[tpu]" is not defined: installs -e . and jax[tpu])
   --no-copy           skip steps 1-2 (code already there)
   --detach            start with nohup and return at once; read the logs on the workers
+  --no-distributed-flag  do not append --distributed=on (for a module without that flag; by default it is
+                      appended unless ARGS choose --distributed=..., because stcl_jax CLIs cannot detect a
+                      TPU slice from the environment alone and jax.distributed.initialize() must be called)
   --dry-run           print the gcloud commands instead of running them
   -h, --help          show this help
 
@@ -44,7 +48,7 @@ REMOTE_DIR="${REMOTE_DIR:-stcl_jax}"
 MODULE="${MODULE:-stcl_jax.train}"
 RUN_NAME="${RUN_NAME:-run-$(date +%Y%m%d-%H%M%S)}"
 GCLOUD="${GCLOUD:-gcloud}"
-SETUP=0 COPY=1 DETACH=0 DRY_RUN=0
+SETUP=0 COPY=1 DETACH=0 DRY_RUN=0 DISTRIBUTED_FLAG=1
 extra_env=()
 
 need_value() { [[ $# -ge 2 && -n "$2" ]] || die "option $1 needs a value (see --help)"; }
@@ -63,6 +67,7 @@ while [[ $# -gt 0 ]]; do
     --no-copy) COPY=0; shift ;;
     --detach) DETACH=1; shift ;;
     --dry-run) DRY_RUN=1; shift ;;
+    --no-distributed-flag) DISTRIBUTED_FLAG=0; shift ;;
     --) shift; break ;;
     *) die "unknown option '$1' (arguments for the module go after --; see --help)" ;;
   esac
@@ -96,7 +101,14 @@ remote_cmd+="; log=logs/$(printf '%q' "$RUN_NAME")-worker-\$(hostname).log"
 py_cmd="env PYTHONUNBUFFERED=1"
 for kv in "${extra_env[@]+"${extra_env[@]}"}"; do py_cmd+=" $(printf '%q' "$kv")"; done
 py_cmd+=" python -m $(printf '%q' "$MODULE")"
-for a in "$@"; do py_cmd+=" $(printf '%q' "$a")"; done
+# A TPU VM publishes its worker list only as metadata, so stcl_jax's `--distributed=auto` cannot see that the job
+# is multi-host: ask for jax.distributed.initialize() explicitly unless the arguments already choose.
+distributed_flag=1
+for a in "$@"; do
+  py_cmd+=" $(printf '%q' "$a")"
+  if [[ "$a" == --distributed* || "$a" == --nodistributed ]]; then distributed_flag=0; fi
+done
+if ((DISTRIBUTED_FLAG && distributed_flag)); then py_cmd+=" --distributed=on"; fi
 if ((DETACH)); then
   remote_cmd+="; nohup $py_cmd >\"\$log\" 2>&1 </dev/null & echo \"\$(hostname): started, log \$PWD/\$log\""
 else

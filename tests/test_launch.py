@@ -108,7 +108,8 @@ def test_tpu_pod_copies_code_and_runs_the_same_command_on_every_worker(tmp_path)
         assert (w / "stcl_jax" / "stcl_jax" / "__init__.py").is_file()
         assert not (w / "stcl_jax" / ".venv").exists()                   # ignored paths stay home
         log = next((w / "stcl_jax" / "logs").glob("t1-worker-*.log")).read_text()
-        assert '"argv": ["--config", "configs/swin l.py", "--x=it\'s"]' in log
+        # --distributed=on is appended: stcl_jax CLIs cannot tell a TPU slice from the environment alone
+        assert '"argv": ["--config", "configs/swin l.py", "--x=it\'s", "--distributed=on"]' in log
         assert '"mark": "hello world"' in log
         assert f'"cwd": "{w / "stcl_jax"}"' in log
 

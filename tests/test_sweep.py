@@ -1,0 +1,149 @@
+"""stcl_jax.sweep: point expansion, dry-run commands and workdirs, the batch scaling rule, and the report."""
+
+import json
+import os
+import pathlib
+import subprocess
+import sys
+
+import pytest
+
+from stcl_jax import sweep
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+
+
+def _config_with_sweeps(tmp_path, base="swin_l", arg=""):
+    """A config file that exposes configs/<base>.py's get_config and configs/sweeps.py's get_sweep."""
+    path = tmp_path / f"{base}_sweeps.py"
+    path.write_text(f"import sys\nsys.path.insert(0, {str(REPO / 'configs')!r})\n"
+                    f"from {base} import get_config  # noqa\nfrom sweeps import get_sweep  # noqa\n")
+    return f"{path}{':' + arg if arg else ''}"
+
+
+def test_temperature_sweep_is_the_table3_grid():
+    sys.path.insert(0, str(REPO / "configs"))
+    try:
+        import sweeps as defs
+    finally:
+        sys.path.pop(0)
+    points = defs.get_sweep("temperature")
+    assert sorted((p["loss.temperature"], p["model.projection.dim"]) for p in points) == sorted(
+        (t, d) for t in (0.05, 0.07, 0.1, 0.2) for d in (256, 512))
+    with pytest.raises(KeyError, match="unknown sweep 'temprature'"):
+        defs.get_sweep("temprature")
+
+
+def test_dry_run_prints_expected_commands_and_writes_nothing(tmp_path):
+    spec = _config_with_sweeps(tmp_path)
+    root = tmp_path / "sweeps" / "t"
+    lines = []
+    runs = sweep.run_sweep(spec, "temperature", str(root), dry_run=True, out=lines.append)
+    assert not root.exists()
+    assert len(runs) == len(lines) == 8
+    names = [r["name"] for r in runs]
+    assert names[:2] == ["temperature-0.05_dim-256", "temperature-0.07_dim-256"]
+    assert names[-1] == "temperature-0.2_dim-512"
+    assert len(set(names)) == 8
+    expected_first = [sys.executable, "-m", "stcl_jax.train", "--config", spec,
+                      "--workdir", str(root / "temperature-0.05_dim-256"),
+                      "--config.loss.temperature=0.05", "--config.model.projection.dim=256"]
+    assert runs[0]["command"] == expected_first
+    assert lines[0].split() == expected_first  # printed, shell-quoted (nothing here needs quotes)
+    for r in runs:
+        assert r["workdir"] == str(root / r["name"])
+
+
+def test_dry_run_slurm_and_tpu_commands(tmp_path):
+    spec = _config_with_sweeps(tmp_path)
+    runs = sweep.run_sweep(spec, "temperature_smoke", "/scratch/sw", launcher="slurm",
+                           launcher_args=["--nodes=2"], dry_run=True, out=lambda _: None)
+    assert runs[0]["command"] == [
+        "sbatch", "--job-name=stcl-temperature-0.05", "--output=/scratch/sw/temperature-0.05/slurm-%j.out",
+        "--error=/scratch/sw/temperature-0.05/slurm-%j.err", "--nodes=2", str(REPO / "launch/slurm.sbatch"),
+        "--config", spec, "--workdir", "/scratch/sw/temperature-0.05", "--config.loss.temperature=0.05"]
+    runs = sweep.run_sweep(spec, "temperature_smoke", "gs://b/sw", launcher="tpu",
+                           launcher_args=["--tpu=v4", "--zone=z"], dry_run=True, out=lambda _: None)
+    assert runs[1]["command"] == [
+        str(REPO / "launch/tpu_pod.sh"), "--tpu=v4", "--zone=z", "--run-name", "temperature-0.2", "--",
+        "--config", spec, "--workdir", "gs://b/sw/temperature-0.2", "--config.loss.temperature=0.2"]
+
+
+def test_large_batch_points_scale_lr_steps_and_warmup_linearly(tmp_path):
+    spec = _config_with_sweeps(tmp_path)
+    runs = sweep.run_sweep(spec, "temperature_large_batch", str(tmp_path / "lb"), dry_run=True, out=lambda _: None)
+    assert len(runs) == 8
+    for r in runs:
+        f = r["fields"]
+        assert f["global_batch_size"] == 64
+        assert f["optim.learning_rate"] == pytest.approx(7e-5 * 64 / 16, rel=1e-12)
+        assert f["total_steps"] == 20_000 * 16 // 64
+        assert f["optim.warmup_steps"] == 1_500 * 16 // 64
+        assert f["loss.contrast_scope"] == "batch"
+        config = sweep.apply_overrides(sweep.load_config_module(spec).get_config(), f)
+        assert config.loss.contrast_scope == "batch" and config.global_batch_size == 64
+        assert "--config.loss.contrast_scope=batch" in r["command"]
+    # An explicit learning rate in a point wins over the rule.
+    base = sweep.load_config_module(spec).get_config()
+    assert sweep.resolve_point(base, {"global_batch_size": 32, "optim.learning_rate": 1e-4}) == {
+        "global_batch_size": 32, "optim.learning_rate": 1e-4}
+
+
+def test_overrides_are_checked_against_the_locked_config(tmp_path):
+    spec = _config_with_sweeps(tmp_path)
+    with pytest.raises(KeyError, match="no field 'temperatur' in loss"):
+        sweep.run_sweep(spec, "temperature", str(tmp_path / "x"), overrides={"loss.temperatur": 1.0},
+                        dry_run=True, out=lambda _: None)
+    with pytest.raises(KeyError, match="no section 'los'"):
+        sweep.apply_overrides(sweep.load_config_module(spec).get_config(), {"los.temperature": 1.0})
+    with pytest.raises(AttributeError, match="defines no get_sweep"):
+        sweep.get_points(sweep.load_config_module(str(REPO / "configs/swin_t.py")), "swin_t.py", "temperature")
+    assert sweep.parse_override("data.crop_size=(64, 64)") == ("data.crop_size", (64, 64))
+    assert sweep.parse_override("loss.contrast_scope=batch") == ("loss.contrast_scope", "batch")
+
+
+def test_cli_dry_run_and_clear_error(tmp_path):
+    spec = _config_with_sweeps(tmp_path)
+    env = dict(os.environ, PYTHONPATH=str(REPO))
+    r = subprocess.run([sys.executable, "-m", "stcl_jax.sweep", "--config", spec, "--sweep", "temperature_smoke",
+                        "--workdir-root", str(tmp_path / "w"), "--dry-run", "--override", "total_steps=3"],
+                       capture_output=True, text=True, env=env, timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.count("-m stcl_jax.train") == 2 and "--config.total_steps=3" in r.stdout
+    r = subprocess.run([sys.executable, "-m", "stcl_jax.sweep", "--config", spec, "--sweep", "nope",
+                        "--workdir-root", str(tmp_path / "w"), "--dry-run"],
+                       capture_output=True, text=True, env=env, timeout=120)
+    assert r.returncode == 2 and "unknown sweep 'nope'" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_report_reads_final_metrics_and_jsonl(tmp_path):
+    root = tmp_path / "sw"
+    runs = [{"name": "temperature-0.05", "workdir": str(root / "temperature-0.05"), "point": {"loss.temperature": 0.05},
+             "fields": {}},
+            {"name": "temperature-0.2", "workdir": str(root / "temperature-0.2"), "point": {"loss.temperature": 0.2},
+             "fields": {}},
+            {"name": "temperature-0.3", "workdir": str(root / "temperature-0.3"), "point": {"loss.temperature": 0.3},
+             "fields": {}}]
+    os.makedirs(root)
+    (root / "sweep.json").write_text(json.dumps({"runs": runs}))
+    d0, d1 = root / "temperature-0.05", root / "temperature-0.2"
+    d0.mkdir()
+    d1.mkdir()
+    (d0 / "final_metrics.json").write_text(json.dumps({"loss": 0.5, "val/mIoU": 0.25, "val/VC8": 0.75,
+                                                       "val/VC16": 0.625, "step": 4}))
+    (d1 / "metrics.jsonl").write_text('{"step": 1, "train/loss": 2.0}\n{"step": 2, "train/loss": 1.5}\n'
+                                      '{"step": 2, "val/mIoU": 0.125}\n')
+    paths = sweep.write_report(str(root), out=lambda _: None)
+    md = pathlib.Path(paths["md"]).read_text()
+    assert "| temperature-0.05 | 0.05 | 0.2500 | 0.7500 | 0.6250 | 0.5000 | 4 | done |" in md
+    assert "| temperature-0.2 | 0.2 | 0.1250 |  |  | 1.5000 | 2 | running |" in md
+    assert "| temperature-0.3 | 0.3 |  |  |  |  |  | not started |" in md
+    csv_lines = pathlib.Path(paths["csv"]).read_text().splitlines()
+    assert csv_lines[0] == "name,loss.temperature,mIoU,VC8,VC16,loss,step,status"
+    assert csv_lines[1] == "temperature-0.05,0.05,0.25,0.75,0.625,0.5,4,done"
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:
+        assert "png" not in paths
+    else:
+        assert pathlib.Path(paths["png"]).stat().st_size > 1000

@@ -1,0 +1,87 @@
+"""Reading the built VSPW records: locate a build, open a split, decode frames and masks, iterate whole videos.
+
+Records are read with `tfds.builder_from_directory(...).as_data_source(split)` (ArrayRecord, random access, no
+TensorFlow). The JPEG stays undecoded until `decode_image`, so metadata lookups (clip sampling) cost no decoding.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import re
+from typing import Iterator
+
+import cv2
+import numpy as np
+from PIL import Image
+
+from stcl_jax.data.vspw_tfds import CONFIG, NAME
+
+_VERSION = re.compile(r"^\d+\.\d+\.\d+$")
+
+
+def resolve_dataset_dir(data_dir: str) -> str:
+    """The tfds version folder of a build: `data_dir` itself if it holds dataset_info.json, else the newest
+    complete `data_dir/vspw/480p/<version>` (incomplete.* folders of interrupted builds are never picked)."""
+    if os.path.isfile(os.path.join(data_dir, "dataset_info.json")):
+        return data_dir
+    parent = os.path.join(data_dir, NAME, CONFIG)
+    versions = []
+    if os.path.isdir(parent):
+        versions = [v for v in os.listdir(parent)
+                    if _VERSION.match(v) and os.path.isfile(os.path.join(parent, v, "dataset_info.json"))]
+    if not versions:
+        raise FileNotFoundError(
+            f"no complete VSPW build in {data_dir}: expected {parent}/<version>/dataset_info.json. Build it with "
+            f"`python -m stcl_jax.data.build --data-root VSPW_480p --output {data_dir}` (rerun it if it was "
+            "interrupted)")
+    return os.path.join(parent, max(versions, key=lambda v: tuple(int(x) for x in v.split("."))))
+
+
+def open_split(data_dir: str, split: str):
+    """Random-access source of the records of `split` (dicts as written by the build; image/mask left encoded,
+    text fields as bytes)."""
+    import tensorflow_datasets as tfds
+
+    builder = tfds.builder_from_directory(resolve_dataset_dir(data_dir))
+    if split not in builder.info.splits:
+        raise ValueError(f"split {split!r} is not in the build at {data_dir}: it has {sorted(builder.info.splits)}")
+    return builder.as_data_source(split, decoders={"image": tfds.decode.SkipDecoding()})
+
+
+def decode_image(jpeg: bytes) -> np.ndarray:
+    """JPEG bytes -> uint8 (H, W, 3) RGB."""
+    img = cv2.imdecode(np.frombuffer(jpeg, np.uint8), cv2.IMREAD_COLOR)
+    if img is None:
+        raise ValueError("could not decode a JPEG frame of the build")
+    return cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
+
+
+def decode_mask(png: bytes) -> np.ndarray:
+    """PNG bytes -> uint8 (H, W) raw VSPW values (palette PNGs give their indices, as the official tools read)."""
+    return np.asarray(Image.open(io.BytesIO(png)))
+
+
+def text(value) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def iterate_videos(data_dir: str, split: str, max_videos: int = 0
+                   ) -> Iterator[tuple[str, list[str], np.ndarray, np.ndarray | None]]:
+    """Whole videos of `split`, in frame order, at the original size, no augmentation.
+
+    Yields (video_name, frame_names, frames uint8 (F, H, W, 3), raw_masks uint8 (F, H, W) or None); masks are None
+    when no frame of the video is labelled, and 255 (void) for an unlabelled frame of a partly labelled video."""
+    source = open_split(data_dir, split)
+    i, done = 0, 0
+    while i < len(source) and (max_videos <= 0 or done < max_videos):
+        first = source[i]
+        n = int(first["num_frames"])
+        recs = [first] + [source[i + t] for t in range(1, n)]
+        frames = np.stack([decode_image(r["image"]) for r in recs])
+        masks = None
+        if any(r["has_label"] for r in recs):
+            masks = np.stack([decode_mask(r["mask"]) if r["has_label"] else np.full(frames.shape[1:3], 255, np.uint8)
+                              for r in recs])
+        yield text(first["video"]), [text(r["frame_name"]) for r in recs], frames, masks
+        i, done = i + n, done + 1

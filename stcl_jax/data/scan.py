@@ -1,0 +1,120 @@
+"""Reads and checks the files of one VSPW video; the per-video work unit of `stcl_jax.data.build`.
+
+Kept free of tensorflow-datasets and grain so `build --workers K` processes start quickly. Every problem found is
+returned as a `Bad(path, reason)`; the caller decides whether it stops the build or goes into the report.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import io
+import os
+
+import numpy as np
+from PIL import Image
+
+from stcl_jax.data import vspw
+
+
+@dataclasses.dataclass(frozen=True)
+class Bad:
+    path: str
+    reason: str
+
+    def __str__(self):
+        return f"{self.path}: {self.reason}"
+
+
+@dataclasses.dataclass
+class Frame:
+    name: str           # 8-digit frame name, no extension
+    jpeg: bytes         # the file's bytes, unchanged
+    png: bytes | None   # the mask file's bytes, unchanged; None = no label
+    height: int
+    width: int
+
+
+@dataclasses.dataclass
+class VideoScan:
+    video: str
+    frames: list[Frame]
+    bad: list[Bad]
+
+
+def _open(data: bytes, fmt: str) -> Image.Image:
+    """Fully decodes `data` (truncated files raise), checking the container format."""
+    try:
+        img = Image.open(io.BytesIO(data))
+        img.load()
+    except Exception as e:  # PIL raises OSError, SyntaxError, ValueError... on corrupt files
+        raise ValueError(f"corrupt or unreadable {fmt} ({type(e).__name__}: {e})") from None
+    if img.format != fmt:
+        raise ValueError(f"is a {img.format} file, expected {fmt}")
+    return img
+
+
+def check_frame(jpeg: bytes) -> tuple[int, int]:
+    """Returns (h, w) of a valid 3-channel JPEG, else raises ValueError."""
+    img = _open(jpeg, "JPEG")
+    if img.mode not in ("RGB", "L", "CMYK", "YCbCr"):
+        raise ValueError(f"JPEG mode {img.mode} is not an image the pipeline can read as RGB")
+    return img.height, img.width
+
+
+def check_mask(png: bytes, size: tuple[int, int]) -> None:
+    """Raises ValueError unless `png` is a single-channel PNG of `size` = (h, w) holding only VSPW raw labels."""
+    img = _open(png, "PNG")
+    if img.mode not in ("L", "P"):
+        raise ValueError(f"mask mode {img.mode}: expected a single-channel (L or P) PNG of raw VSPW labels")
+    if (img.height, img.width) != size:
+        raise ValueError(f"mask size {img.height}x{img.width} differs from its frame's {size[0]}x{size[1]}")
+    bad = vspw.invalid_raw_values(np.asarray(img))
+    if bad:
+        raise ValueError(f"label values {bad[:10]} are neither a VSPW class (0..{vspw.NUM_CLASSES}) nor void (255)")
+
+
+def scan_video(root: str, video: str, labels: str) -> VideoScan:
+    """Reads and checks every frame of `video` under `root` (a VSPW_480p-style folder).
+
+    labels: "required" (train/val: every frame needs a mask), "none" (test: masks ignored) or "optional" (extra
+    frames: a frame is labelled if its mask exists, e.g. pseudo labels)."""
+    if labels not in ("required", "none", "optional"):
+        raise ValueError(f"labels={labels!r}: expected 'required', 'none' or 'optional'")
+    origin = os.path.join(vspw.video_dir(root, video), "origin")
+    if not os.path.isdir(origin):
+        return VideoScan(video, [], [Bad(origin, f"video {video!r} is listed but its frame folder is missing")])
+    names = vspw.frame_names(root, video)
+    if not names:
+        return VideoScan(video, [], [Bad(origin, f"video {video!r} is listed but has no .jpg frames")])
+    masks = set(vspw.mask_names(root, video) or []) if labels != "none" else set()
+    frames, bad = [], []
+    for name in names:
+        fpath, mpath = vspw.frame_path(root, video, name), vspw.mask_path(root, video, name)
+        try:
+            with open(fpath, "rb") as f:
+                jpeg = f.read()
+            h, w = check_frame(jpeg)
+        except (OSError, ValueError) as e:
+            bad.append(Bad(fpath, str(e)))
+            continue
+        png = None
+        if name in masks:
+            try:
+                with open(mpath, "rb") as f:
+                    png = f.read()
+                check_mask(png, (h, w))
+            except (OSError, ValueError) as e:
+                bad.append(Bad(mpath, str(e)))
+                continue
+        elif labels == "required":
+            bad.append(Bad(mpath, "frame has no mask in a labelled split"))
+            continue
+        frames.append(Frame(name, jpeg, png, h, w))
+    for name in sorted(masks - set(names)):
+        bad.append(Bad(vspw.mask_path(root, video, name), "mask has no frame"))
+    return VideoScan(video, frames, bad)
+
+
+def scan_video_star(args) -> VideoScan:
+    """`scan_video(*args)`, for multiprocessing's imap."""
+    return scan_video(*args)

@@ -1,0 +1,124 @@
+"""Model configuration: `model_config(size, **overrides)` -> locked `ml_collections.ConfigDict`.
+
+Sizes follow the Swin paper / mmsegmentation `upernet_swin_*` configs; "micro" is a tiny variant that inits and
+applies on one CPU in seconds (tests, `runlocal` configs). Fields (all documented in docs/design.md):
+
+  swin.{embed_dim, depths, num_heads, window_size, patch_size, mlp_ratio, qkv_bias, drop_path_rate}
+  decoder.{channels, pool_scales, dropout}      UperNet head (mmseg UPerHead)
+  aux.{channels, in_index, num_convs, dropout}  FCN auxiliary head on a backbone stage
+  projection.{dim, feature, stride}             STCL projection head; `stride` is derived from `feature`
+  num_classes, dtype ("float32" | "bfloat16"), remat (rematerialise each Swin block in the backward pass)
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import ml_collections
+
+# embed_dim, depths, num_heads. Window size is a separate argument (7 for the 224 ImageNet checkpoints, 12 for 384).
+SIZES: dict[str, tuple[int, tuple[int, ...], tuple[int, ...]]] = {
+    "micro": (16, (1, 1, 2, 1), (1, 2, 2, 4)),
+    "tiny": (96, (2, 2, 6, 2), (3, 6, 12, 24)),
+    "small": (96, (2, 2, 18, 2), (3, 6, 12, 24)),
+    "base": (128, (2, 2, 18, 2), (4, 8, 16, 32)),
+    "large": (192, (2, 2, 18, 2), (6, 12, 24, 48)),
+}
+_ALIASES = {"t": "tiny", "s": "small", "b": "base", "l": "large"}
+
+# Feature maps the projection head may read and their stride w.r.t. the input (patch size 4).
+PROJECTION_FEATURES = ("fused", "stage1", "stage2", "stage3", "stage4")
+
+# Keyword shortcuts accepted by model_config for the most common overrides.
+_SHORTCUTS = {
+    "window_size": "swin.window_size",
+    "drop_path_rate": "swin.drop_path_rate",
+    "embed_dim": "swin.embed_dim",
+    "depths": "swin.depths",
+    "num_heads": "swin.num_heads",
+    "decoder_channels": "decoder.channels",
+    "aux_channels": "aux.channels",
+    "projection_dim": "projection.dim",
+    "projection_feature": "projection.feature",
+}
+
+
+def projection_stride(feature: str, patch_size: int = 4) -> int:
+    """Stride (input pixels per embedding pixel) of the feature map named `feature`."""
+    if feature == "fused":
+        return patch_size
+    if feature in PROJECTION_FEATURES:
+        return patch_size * 2 ** (int(feature[-1]) - 1)
+    raise ValueError(f"projection.feature={feature!r}: expected one of {PROJECTION_FEATURES}")
+
+
+def model_config(size: str = "tiny", *, num_classes: int = 124, window_size: int = 7, **overrides: Any):
+    """Returns the locked model ConfigDict for Swin-{size} + UperNet + aux FCN + STCL projection head.
+
+    `overrides` take the shortcut names above (`drop_path_rate=0.2`, `projection_dim=256`), any top-level field
+    (`dtype="bfloat16"`, `remat=True`) or a dotted path passed through a dict (`**{"decoder.channels": 256}`).
+    An unknown name raises a ValueError naming it.
+    """
+    key = _ALIASES.get(size.lower(), size.lower())
+    if key not in SIZES:
+        raise ValueError(f"model size {size!r} unknown: expected one of {sorted(SIZES)} (or t/s/b/l)")
+    embed_dim, depths, num_heads = SIZES[key]
+    micro = key == "micro"
+    cfg = ml_collections.ConfigDict()
+    cfg.size = key
+    cfg.num_classes = num_classes
+    cfg.dtype = "float32"
+    cfg.remat = False
+    cfg.swin = ml_collections.ConfigDict(dict(
+        embed_dim=embed_dim, depths=depths, num_heads=num_heads, window_size=window_size, patch_size=4,
+        mlp_ratio=4.0, qkv_bias=True, drop_path_rate=0.1 if micro else 0.3))
+    cfg.decoder = ml_collections.ConfigDict(dict(
+        channels=32 if micro else 512, pool_scales=(1, 2, 3, 6), dropout=0.1))
+    cfg.aux = ml_collections.ConfigDict(dict(channels=16 if micro else 256, in_index=2, num_convs=1, dropout=0.1))
+    cfg.projection = ml_collections.ConfigDict(dict(dim=16 if micro else 512, feature="fused", stride=4))
+    for name, value in overrides.items():
+        path = _SHORTCUTS.get(name, name)
+        node, *rest = path.split(".")
+        target = cfg
+        for part in [node, *rest][:-1]:
+            if part not in target or not isinstance(target[part], ml_collections.ConfigDict):
+                raise ValueError(f"model_config: unknown override {name!r} (no config group {part!r})")
+            target = target[part]
+        leaf = path.split(".")[-1]
+        if leaf not in target:
+            raise ValueError(f"model_config: unknown override {name!r}; fields are {sorted(_flat_keys(cfg))}")
+        target[leaf] = tuple(value) if isinstance(value, list) else value
+    cfg.projection.stride = projection_stride(cfg.projection.feature, cfg.swin.patch_size)
+    validate(cfg)
+    cfg.lock()
+    return cfg
+
+
+def _flat_keys(cfg, prefix=""):
+    for k, v in cfg.items():
+        if isinstance(v, ml_collections.ConfigDict):
+            yield from _flat_keys(v, f"{prefix}{k}.")
+        else:
+            yield f"{prefix}{k}"
+
+
+def validate(cfg) -> None:
+    """Checks the consistency of a model config; raises ValueError naming the offending field."""
+    s = cfg.swin
+    if len(s.depths) != 4 or len(s.num_heads) != 4:
+        raise ValueError(f"swin.depths={s.depths} / swin.num_heads={s.num_heads}: need 4 stages each")
+    for i, h in enumerate(s.num_heads):
+        if (s.embed_dim * 2**i) % h:
+            raise ValueError(f"swin.num_heads[{i}]={h} does not divide the stage width {s.embed_dim * 2**i}")
+    if s.window_size < 1 or s.patch_size < 1:
+        raise ValueError(f"swin.window_size={s.window_size}, swin.patch_size={s.patch_size}: must be >= 1")
+    if cfg.dtype not in ("float32", "bfloat16", "float16"):
+        raise ValueError(f"dtype={cfg.dtype!r}: expected 'float32' or 'bfloat16'")
+    if not 0 <= cfg.aux.in_index < 4:
+        raise ValueError(f"aux.in_index={cfg.aux.in_index}: must be a stage index 0..3")
+    expected = projection_stride(cfg.projection.feature, s.patch_size)
+    if cfg.projection.stride != expected:
+        raise ValueError(f"projection.stride={cfg.projection.stride} but projection.feature="
+                         f"{cfg.projection.feature!r} has stride {expected}: set both together")
+    if cfg.num_classes < 1:
+        raise ValueError(f"num_classes={cfg.num_classes}: must be >= 1")

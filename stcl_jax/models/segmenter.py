@@ -1,0 +1,79 @@
+"""The STCL segmenter: Swin encoder + UperNet decoder + auxiliary FCN head + STCL projection head.
+
+Contract (docs/design.md): `model.apply(variables, images (B, H, W, 3), train=...)` returns
+`{"logits": (B, H, W, C) f32, "aux_logits": (B, H, W, C) f32, "embeddings": (B, h, w, D)}` where the embeddings
+live at `model_config.projection.stride`. Top-level parameter groups follow mmseg: `backbone`, `decode_head`,
+`auxiliary_head`, plus `projection_head`.
+
+BatchNorm statistics are those of the whole batch passed to `apply`; under `jax.jit` with a batch sharded over
+devices that is the global batch (XLA inserts the cross-device reductions), i.e. SyncBN semantics.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from stcl_jax.models import config as config_lib
+from stcl_jax.models.heads import FCNHead, ProjectionHead
+from stcl_jax.models.swin import SwinTransformer
+from stcl_jax.models.upernet import UPerHead, resize_bilinear
+
+DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
+
+
+class Segmenter(nn.Module):
+    num_classes: int
+    embed_dim: int
+    depths: Sequence[int]
+    num_heads: Sequence[int]
+    window_size: int
+    patch_size: int = 4
+    mlp_ratio: float = 4.0
+    qkv_bias: bool = True
+    drop_path_rate: float = 0.3
+    decoder_channels: int = 512
+    pool_scales: Sequence[int] = (1, 2, 3, 6)
+    decoder_dropout: float = 0.1
+    aux_channels: int = 256
+    aux_in_index: int = 2
+    aux_num_convs: int = 1
+    aux_dropout: float = 0.1
+    projection_dim: int = 512
+    projection_feature: str = "fused"
+    remat: bool = False
+    dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, images: jax.Array, train: bool = False) -> dict[str, jax.Array]:
+        if images.ndim != 4 or images.shape[-1] != 3:
+            raise ValueError(f"images must be (B, H, W, 3) NHWC, got shape {images.shape}")
+        size = images.shape[1:3]
+        feats = SwinTransformer(self.embed_dim, tuple(self.depths), tuple(self.num_heads), self.window_size,
+                                self.patch_size, self.mlp_ratio, self.qkv_bias, self.drop_path_rate, self.remat,
+                                self.dtype, name="backbone")(images, train)
+        logits, fused = UPerHead(self.num_classes, self.decoder_channels, tuple(self.pool_scales),
+                                 self.decoder_dropout, self.dtype, name="decode_head")(feats, train)
+        aux = FCNHead(self.num_classes, self.aux_channels, self.aux_num_convs, self.aux_dropout, self.dtype,
+                      name="auxiliary_head")(feats[self.aux_in_index], train)
+        source = fused if self.projection_feature == "fused" else feats[int(self.projection_feature[-1]) - 1]
+        embeddings = ProjectionHead(self.projection_dim, self.dtype, name="projection_head")(source, train)
+        return {"logits": resize_bilinear(logits, size), "aux_logits": resize_bilinear(aux, size),
+                "embeddings": embeddings}
+
+
+def build_segmenter(model_config) -> Segmenter:
+    """Builds the Flax module described by a `model_config(...)` ConfigDict (validated first)."""
+    config_lib.validate(model_config)
+    c = model_config
+    return Segmenter(
+        num_classes=c.num_classes, embed_dim=c.swin.embed_dim, depths=tuple(c.swin.depths),
+        num_heads=tuple(c.swin.num_heads), window_size=c.swin.window_size, patch_size=c.swin.patch_size,
+        mlp_ratio=c.swin.mlp_ratio, qkv_bias=c.swin.qkv_bias, drop_path_rate=c.swin.drop_path_rate,
+        decoder_channels=c.decoder.channels, pool_scales=tuple(c.decoder.pool_scales),
+        decoder_dropout=c.decoder.dropout, aux_channels=c.aux.channels, aux_in_index=c.aux.in_index,
+        aux_num_convs=c.aux.num_convs, aux_dropout=c.aux.dropout, projection_dim=c.projection.dim,
+        projection_feature=c.projection.feature, remat=c.remat, dtype=DTYPES[c.dtype])

@@ -1,0 +1,237 @@
+"""Swin Transformer encoder (Liu et al. 2021) in Flax linen, NHWC, as used for segmentation by mmsegmentation.
+
+Any input height and width works: the image is padded to a patch multiple, each block pads its feature map to a
+window multiple (zeros after `norm1`, cropped after attention) and patch merging pads odd sizes, exactly as
+mmseg / the official Swin segmentation code / Hugging Face `SwinBackbone` do. Shifted windows are always used
+(no clamping of the window to small feature maps, as mmseg and HF's backbone). The relative-position index and
+the shift masks are NumPy constants built at trace time from the static shapes.
+
+Parameter names follow the official Swin / timm / mmseg checkpoints one to one (`patch_embed/proj`,
+`layers_{i}/blocks_{j}/{norm1,attn/qkv,attn/proj,attn/relative_position_bias_table,norm2,mlp/fc1,mlp/fc2}`,
+`layers_{i}/downsample/{norm,reduction}`, output norms `norm{i}`), see stcl_jax/convert.py.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+Dtype = Any
+LN_EPS = 1e-5  # PyTorch nn.LayerNorm default.
+
+
+def relative_position_index(window: int) -> np.ndarray:
+    """(window**2, window**2) int index into the (2w-1)**2 bias table, as in the official Swin code."""
+    coords = np.stack(np.meshgrid(np.arange(window), np.arange(window), indexing="ij")).reshape(2, -1)
+    rel = (coords[:, :, None] - coords[:, None, :]).transpose(1, 2, 0) + (window - 1)
+    return (rel[..., 0] * (2 * window - 1) + rel[..., 1]).astype(np.int32)
+
+
+def shift_attention_mask(height: int, width: int, window: int, shift: int) -> np.ndarray:
+    """(num_windows, N, N) float32 mask (0 or -100) for shifted-window attention on a padded (height, width) map.
+
+    Regions are the 3x3 slices [0, -window), [-window, -shift), [-shift, end) along each axis of the padded map;
+    tokens of a window may attend only to tokens from the same region (official Swin / mmseg construction).
+    """
+    def regions(n):
+        idx = np.arange(n)
+        return (idx >= n - window).astype(np.int32) + (idx >= n - shift).astype(np.int32)
+
+    img = regions(height)[:, None] * 3 + regions(width)[None, :]
+    win = img.reshape(height // window, window, width // window, window).transpose(0, 2, 1, 3)
+    win = win.reshape(-1, window * window)
+    diff = win[:, None, :] - win[:, :, None]
+    return np.where(diff != 0, -100.0, 0.0).astype(np.float32)
+
+
+def window_partition(x: jax.Array, window: int) -> jax.Array:
+    """(B, H, W, C) -> (B, num_windows, window*window, C), windows in row-major order."""
+    b, h, w, c = x.shape
+    x = x.reshape(b, h // window, window, w // window, window, c).transpose(0, 1, 3, 2, 4, 5)
+    return x.reshape(b, (h // window) * (w // window), window * window, c)
+
+
+def window_reverse(x: jax.Array, window: int, h: int, w: int) -> jax.Array:
+    """Inverse of `window_partition`."""
+    b, _, _, c = x.shape
+    x = x.reshape(b, h // window, w // window, window, window, c).transpose(0, 1, 3, 2, 4, 5)
+    return x.reshape(b, h, w, c)
+
+
+class DropPath(nn.Module):
+    """Stochastic depth: drops the whole residual branch per sample (rng stream "drop_path")."""
+    rate: float
+
+    @nn.compact
+    def __call__(self, x, deterministic: bool):
+        if deterministic or self.rate == 0.0:
+            return x
+        keep = 1.0 - self.rate
+        mask = jax.random.bernoulli(self.make_rng("drop_path"), keep, (x.shape[0],) + (1,) * (x.ndim - 1))
+        return jnp.where(mask, x / keep, jnp.zeros_like(x))
+
+
+class WindowAttention(nn.Module):
+    """Multi-head self attention inside windows with a learned relative-position bias."""
+    dim: int
+    num_heads: int
+    window: int
+    qkv_bias: bool = True
+    dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x, mask: np.ndarray | None):
+        # x: (B, nW, N, C); mask: (nW, N, N) constant or None.
+        b, nw, n, c = x.shape
+        head_dim = c // self.num_heads
+        table = self.param("relative_position_bias_table", nn.initializers.truncated_normal(0.02),
+                           ((2 * self.window - 1) ** 2, self.num_heads), jnp.float32)
+        bias = table[relative_position_index(self.window).reshape(-1)]
+        bias = bias.reshape(n, n, self.num_heads).transpose(2, 0, 1)  # (heads, N, N)
+        bias = bias[None, None]
+        if mask is not None:
+            bias = bias + jnp.asarray(mask)[None, :, None]  # (1, nW, heads, N, N)
+
+        qkv = nn.Dense(3 * c, use_bias=self.qkv_bias, dtype=self.dtype, name="qkv")(x)
+        qkv = qkv.reshape(b, nw, n, 3, self.num_heads, head_dim)
+        q, k, v = qkv[..., 0, :, :], qkv[..., 1, :, :], qkv[..., 2, :, :]
+        q = q * jnp.asarray(head_dim**-0.5, q.dtype)
+        logits = jnp.einsum("bwqhd,bwkhd->bwhqk", q, k).astype(jnp.float32) + bias
+        probs = jax.nn.softmax(logits, axis=-1).astype(self.dtype)
+        out = jnp.einsum("bwhqk,bwkhd->bwqhd", probs, v).reshape(b, nw, n, c)
+        return nn.Dense(c, dtype=self.dtype, name="proj")(out)
+
+
+class Mlp(nn.Module):
+    hidden: int
+    dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x):
+        out = x.shape[-1]
+        x = nn.Dense(self.hidden, dtype=self.dtype, name="fc1")(x)
+        x = nn.gelu(x, approximate=False)  # PyTorch nn.GELU default (erf).
+        return nn.Dense(out, dtype=self.dtype, name="fc2")(x)
+
+
+class SwinBlock(nn.Module):
+    """(Shifted-)window attention + MLP block with pre-norm residuals and stochastic depth."""
+    num_heads: int
+    window: int
+    shift: int
+    mlp_ratio: float = 4.0
+    qkv_bias: bool = True
+    drop_path: float = 0.0
+    dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x, deterministic: bool = True):
+        b, h, w, c = x.shape
+        ws = self.window
+        y = nn.LayerNorm(LN_EPS, dtype=self.dtype, name="norm1")(x)
+        ph, pw = (-h) % ws, (-w) % ws
+        if ph or pw:
+            y = jnp.pad(y, ((0, 0), (0, ph), (0, pw), (0, 0)))
+        hp, wp = h + ph, w + pw
+        mask = None
+        if self.shift:
+            y = jnp.roll(y, (-self.shift, -self.shift), axis=(1, 2))
+            mask = shift_attention_mask(hp, wp, ws, self.shift)
+        y = window_partition(y, ws)
+        y = WindowAttention(c, self.num_heads, ws, self.qkv_bias, self.dtype, name="attn")(y, mask)
+        y = window_reverse(y, ws, hp, wp)
+        if self.shift:
+            y = jnp.roll(y, (self.shift, self.shift), axis=(1, 2))
+        y = y[:, :h, :w, :]
+        x = x + DropPath(self.drop_path)(y, deterministic)
+        y = nn.LayerNorm(LN_EPS, dtype=self.dtype, name="norm2")(x)
+        y = Mlp(int(c * self.mlp_ratio), self.dtype, name="mlp")(y)
+        return x + DropPath(self.drop_path)(y, deterministic)
+
+
+class PatchMerging(nn.Module):
+    """2x2 neighbourhood concat (official order x[0::2,0::2], x[1::2,0::2], x[0::2,1::2], x[1::2,1::2]) + norm + linear."""
+    dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x):
+        b, h, w, c = x.shape
+        if h % 2 or w % 2:
+            x = jnp.pad(x, ((0, 0), (0, h % 2), (0, w % 2), (0, 0)))
+        x = x.reshape(b, (h + 1) // 2, 2, (w + 1) // 2, 2, c)   # (b, h2, dh, w2, dw, c)
+        x = x.transpose(0, 1, 3, 4, 2, 5).reshape(b, (h + 1) // 2, (w + 1) // 2, 4 * c)  # order (dw, dh)
+        x = nn.LayerNorm(LN_EPS, dtype=self.dtype, name="norm")(x)
+        return nn.Dense(2 * c, use_bias=False, dtype=self.dtype, name="reduction")(x)
+
+
+class PatchEmbed(nn.Module):
+    patch_size: int
+    embed_dim: int
+    dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x):
+        p = self.patch_size
+        h, w = x.shape[1:3]
+        if h % p or w % p:
+            x = jnp.pad(x, ((0, 0), (0, (-h) % p), (0, (-w) % p), (0, 0)))
+        x = nn.Conv(self.embed_dim, (p, p), (p, p), padding="VALID", dtype=self.dtype, name="proj")(x)
+        return nn.LayerNorm(LN_EPS, dtype=self.dtype, name="norm")(x)
+
+
+class SwinStage(nn.Module):
+    """`depth` blocks alternating regular and shifted windows, then (optionally) patch merging.
+
+    Returns (stage output before merging, input of the next stage).
+    """
+    depth: int
+    num_heads: int
+    window: int
+    drop_path: Sequence[float]
+    downsample: bool
+    mlp_ratio: float = 4.0
+    qkv_bias: bool = True
+    remat: bool = False
+    dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x, deterministic: bool = True):
+        block_cls = nn.remat(SwinBlock, static_argnums=(2,)) if self.remat else SwinBlock
+        for j in range(self.depth):
+            shift = 0 if j % 2 == 0 else self.window // 2
+            x = block_cls(self.num_heads, self.window, shift, self.mlp_ratio, self.qkv_bias,
+                          float(self.drop_path[j]), self.dtype, name=f"blocks_{j}")(x, deterministic)
+        merged = PatchMerging(self.dtype, name="downsample")(x) if self.downsample else x
+        return x, merged
+
+
+class SwinTransformer(nn.Module):
+    """Returns the four stage outputs (NHWC, strides 4, 8, 16, 32), each after its own LayerNorm `norm{i}`."""
+    embed_dim: int = 96
+    depths: Sequence[int] = (2, 2, 6, 2)
+    num_heads: Sequence[int] = (3, 6, 12, 24)
+    window_size: int = 7
+    patch_size: int = 4
+    mlp_ratio: float = 4.0
+    qkv_bias: bool = True
+    drop_path_rate: float = 0.0
+    remat: bool = False
+    dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, images, train: bool = False):
+        x = PatchEmbed(self.patch_size, self.embed_dim, self.dtype, name="patch_embed")(images.astype(self.dtype))
+        rates = np.linspace(0.0, self.drop_path_rate, sum(self.depths))  # linearly increasing, as mmseg/timm
+        outs, start = [], 0
+        for i, (depth, heads) in enumerate(zip(self.depths, self.num_heads)):
+            stage = SwinStage(depth, heads, self.window_size, tuple(rates[start:start + depth].tolist()),
+                              i < len(self.depths) - 1, self.mlp_ratio, self.qkv_bias, self.remat, self.dtype,
+                              name=f"layers_{i}")
+            y, x = stage(x, not train)
+            start += depth
+            outs.append(nn.LayerNorm(LN_EPS, dtype=self.dtype, name=f"norm{i}")(y))
+        return outs

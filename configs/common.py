@@ -82,6 +82,9 @@ def base_config() -> ml_collections.ConfigDict:
     c.loss.aux_weight = 0.4
     c.loss.stcl_weight = 0.2
     c.loss.temperature = 0.07
+    c.loss.contrast_scope = "clip"    # "clip" (paper) or "batch": see stcl_jax.losses.stcl
+    c.loss.stcl_pool = 1              # average-pool the embeddings by this factor before the contrast
+    c.loss.stcl_max_anchors = 0       # > 0: sample this many query pixels per clip as anchors (0 = all)
 
     c.mesh = ml_collections.ConfigDict()
     c.mesh.fsdp = False               # True: shard params + optimizer state over the "data" axis (ZeRO-3 style)
@@ -114,15 +117,9 @@ def runlocal(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     c.eval.crop = (64, 64)
     c.eval.stride = (48, 48)
     c.eval.max_videos = 2
-    m = c.model
-    m.swin.embed_dim = 16
-    m.swin.depths = (1, 1, 1, 1)
-    m.swin.num_heads = (1, 1, 1, 1)
-    m.swin.window_size = 4
-    m.decoder.channels = 16
-    m.aux.channels = 16
-    m.projection.dim = 16
-    m.dtype = "float32"
+    from stcl_jax.models import model_config
+
+    c.model = model_config("micro", window_size=4)
     return c
 
 

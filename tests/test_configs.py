@@ -1,0 +1,74 @@
+"""Configs: the paper's recipe, locking (typos fail), runlocal variants, and `--config.x=y` overrides."""
+
+import os
+import subprocess
+import sys
+
+import pytest
+from absl import flags
+from ml_collections import config_flags
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.join(REPO, "configs"))
+import common  # noqa: E402
+import demo  # noqa: E402
+import swin_b  # noqa: E402
+import swin_l  # noqa: E402
+import swin_s  # noqa: E402
+import swin_t  # noqa: E402
+
+SIZES = {swin_t: ("tiny", 96, 7), swin_s: ("small", 96, 7), swin_b: ("base", 128, 7), swin_l: ("large", 192, 12)}
+
+
+@pytest.mark.parametrize("module", list(SIZES), ids=lambda m: m.__name__)
+def test_paper_recipe(module):
+    c = module.get_config()
+    size, dim, window = SIZES[module]
+    assert (c.model.size, c.model.swin.embed_dim, c.model.swin.window_size) == (size, dim, window)
+    assert c.optim.learning_rate == 7e-5 and c.optim.weight_decay == 0.01 and c.optim.warmup_steps == 1500
+    assert c.optim.poly_power == 1.0 and c.total_steps == 20_000 and c.global_batch_size == 16
+    assert tuple(c.data.crop_size) == (768, 768) and tuple(c.data.scale_range) == (0.5, 2.0)
+    assert c.data.flip_prob == 0.5 and c.data.num_frames == 2
+    assert c.model.swin.drop_path_rate == 0.3 and c.model.projection.dim == 512 and c.model.dtype == "bfloat16"
+    assert (c.loss.ce_weight, c.loss.aux_weight, c.loss.stcl_weight, c.loss.temperature) == (1.0, 0.4, 0.2, 0.07)
+    assert "relative_position_bias_table" in c.optim.no_decay_patterns
+
+
+@pytest.mark.parametrize("module", [*SIZES, demo], ids=lambda m: m.__name__)
+def test_locked_and_runlocal(module):
+    c = module.get_config()
+    with pytest.raises(AttributeError):
+        c.loss.temperture = 0.1
+    with pytest.raises(AttributeError):
+        c.model.swin.windowsize = 3
+    small = module.get_config("runlocal")
+    assert small.model.size == "micro" and small.total_steps <= 10 and small.data.worker_count == 0
+    assert tuple(small.data.crop_size) == (64, 64)
+    with pytest.raises(ValueError, match="runlokal"):
+        module.get_config("runlokal")
+
+
+def test_demo_generates_its_data():
+    c = demo.get_config()
+    assert c.data.dir == "" and c.synthetic.videos > 0
+    assert c.model.dtype == "float32" and c.total_steps >= 100
+
+
+def test_command_line_overrides():
+    argv = ["prog", f"--config={REPO}/configs/swin_l.py:runlocal", "--config.optim.learning_rate=0.5",
+            "--config.data.crop_size=(32,48)", "--config.model.swin.drop_path_rate=0.0"]
+    fv = flags.FlagValues()  # the override flags are defined from sys_argv when --config is declared
+    config_flags.DEFINE_config_file("config", None, "config", flag_values=fv, lock_config=True, sys_argv=argv)
+    fv(argv)
+    c = fv.config
+    assert c.optim.learning_rate == 0.5 and tuple(c.data.crop_size) == (32, 48)
+    assert c.model.swin.drop_path_rate == 0.0
+
+
+def test_train_cli_rejects_a_typo(tmp_path):
+    r = subprocess.run([sys.executable, "-m", "stcl_jax.train", "--config", "configs/swin_t.py:runlocal",
+                        "--config.loss.temperture=0.1", "--workdir", str(tmp_path)],
+                       cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert r.returncode != 0
+    assert "temperture" in r.stderr
+    assert not os.listdir(tmp_path)

@@ -1,0 +1,162 @@
+"""The spatial-temporal consistency loss (STCL, He et al. 2021, eq. 1-2) and its label helper.
+
+For each clip, frame 0 is the query frame and frames 1..T-1 its reference frames. The anchors are the valid
+pixels of the query frame; the contrast set of anchor i is every valid pixel of all T frames except i itself.
+Positives P_i share i's label, negatives N_i have another one; with s = cosine / tau,
+
+    L(i) = 1/|P_i| sum_{p in P_i} -log( exp(s_ip) / (exp(s_ip) + sum_{n in N_i} exp(s_in)) ),
+
+anchors without a positive are left out, and the loss is the mean of L(i) over the kept anchors of the whole
+batch (0 when none is kept; the gradient is then 0 too). The exact computation is tiled (`contrast_tiles.py`):
+no (pixels x pixels) array exists in the forward or the backward pass.
+
+Label rule (`downsample_labels`): output pixel (y, x) of an (h, w) map taken from an (H, W) map is input pixel
+(floor((y + 1/2) H / h), floor((x + 1/2) W / w)), computed in exact integer arithmetic: the pixel under the
+centre of the output cell (torch's `interpolate(mode="nearest-exact")`). For an integer stride k = H / h this is
+input pixel (k y + k // 2, k x + k // 2), the centre of the k x k cell that average pooling by k reduces.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from stcl_jax.losses.contrast_tiles import dense_contrast, tiled_contrast
+
+_SCOPES = ("clip", "batch")
+
+
+def downsample_labels(labels, size, ignore_index=255):
+    """Nearest (cell-centre) resampling of integer label maps (..., H, W) -> (..., h, w); see the module doc.
+
+    `ignore_index` values are copied like any other label (nearest sampling never mixes labels); the argument is
+    accepted so that every label helper has the same signature.
+    """
+    del ignore_index
+    h, w = (int(v) for v in size)
+    if labels.ndim < 2 or h <= 0 or w <= 0:
+        raise ValueError(f"downsample_labels: need labels (..., H, W) and a positive size, got shape "
+                         f"{labels.shape} and size {size}")
+    big_h, big_w = labels.shape[-2:]
+    rows = ((2 * np.arange(h) + 1) * big_h) // (2 * h)
+    cols = ((2 * np.arange(w) + 1) * big_w) // (2 * w)
+    return labels[..., rows[:, None], cols[None, :]]
+
+
+def _check_inputs(features, labels, temperature, contrast_scope, pool, max_anchors, key, tiles):
+    if features.ndim != 5:
+        raise ValueError(f"STCL: features must be (B, T, h, w, D), got shape {features.shape}")
+    if labels.shape != features.shape[:4]:
+        raise ValueError(f"STCL: labels must be (B, T, h, w) = {features.shape[:4]} to match the features, "
+                         f"got {labels.shape}; bring full-resolution labels down with downsample_labels")
+    if not jnp.issubdtype(labels.dtype, jnp.integer):
+        raise ValueError(f"STCL: labels must be integers, got dtype {labels.dtype}")
+    if isinstance(temperature, (int, float, np.number, np.ndarray)) and not float(temperature) > 0:
+        raise ValueError(f"STCL: temperature must be > 0, got {temperature}")
+    if contrast_scope not in _SCOPES:
+        raise ValueError(f"STCL: contrast_scope must be one of {_SCOPES}, got {contrast_scope!r}")
+    h, w = features.shape[2:4]
+    if int(pool) < 1 or h % int(pool) or w % int(pool):
+        raise ValueError(f"STCL: pool={pool} must be a positive integer dividing the feature size {h}x{w}")
+    if max_anchors is not None and (int(max_anchors) < 1 or key is None):
+        raise ValueError(f"STCL: max_anchors={max_anchors} needs a positive value and a PRNG key (key={key})")
+    for name, value in tiles.items():
+        if int(value) < 1:
+            raise ValueError(f"STCL: {name} must be a positive integer, got {value}")
+
+
+def _normalise(features, pool):
+    """Average-pool by `pool` (fp32), then L2-normalise along D; returned in the compute dtype."""
+    compute_dtype = features.dtype if features.dtype in (jnp.bfloat16, jnp.float16) else jnp.float32
+    f = features.astype(jnp.float32)
+    if pool > 1:
+        b, t, h, w, d = f.shape
+        f = f.reshape(b, t, h // pool, pool, w // pool, pool, d).mean(axis=(3, 5))
+    norm = jnp.sqrt(jnp.sum(f * f, axis=-1, keepdims=True))
+    return (f / jnp.maximum(norm, 1e-12)).astype(compute_dtype)
+
+
+def _pad_to(x, multiple, value):
+    extra = -x.shape[1] % multiple
+    if not extra:
+        return x
+    widths = [(0, 0), (0, extra)] + [(0, 0)] * (x.ndim - 2)
+    return jnp.pad(x, widths, constant_values=value)
+
+
+def sample_anchors(valid, max_anchors, key):
+    """Indices (B, max_anchors) int32 of a uniformly random subset of the True entries of `valid` (B, P).
+
+    Without replacement, as ContrastiveSeg's random anchor sampling: the valid positions with the smallest
+    uniform keys. A row with fewer valid entries is filled with invalid positions (the loss drops them).
+    """
+    u = jax.random.uniform(key, valid.shape)
+    _, idx = jax.lax.top_k(-jnp.where(valid, u, 2.0), int(max_anchors))  # invalid positions sort last
+    return idx.astype(jnp.int32)
+
+
+def _anchors(z, lab, max_anchors, key):
+    """Query-frame anchors (B, M, D), their labels and their own index in the clip's contrast set."""
+    b, hw = lab.shape[0], lab.shape[2]
+    za, la = z[:, 0], lab[:, 0]
+    if max_anchors is None or int(max_anchors) >= hw:
+        return za, la, jnp.broadcast_to(jnp.arange(hw, dtype=jnp.int32), (b, hw))
+    idx = sample_anchors(la >= 0, max_anchors, key)
+    return jnp.take_along_axis(za, idx[..., None], axis=1), jnp.take_along_axis(la, idx, axis=1), idx
+
+
+def spatial_temporal_consistency_loss(features, labels, *, temperature=0.07, ignore_index=255,
+                                      contrast_scope="clip", pool=1, max_anchors=None, key=None,
+                                      anchor_tile=1024, contrast_tile=2048, precision=None,
+                                      implementation="tiled"):
+    """STCL loss (module doc) of `features` (B, T, h, w, D) with `labels` (B, T, h, w) -> scalar float32.
+
+    Args:
+      temperature: tau, a float or a float32 scalar array (may be traced, e.g. a schedule; it gets no
+        gradient); stable down to 0.01 (running log-sum-exp in float32).
+      ignore_index: label of pixels that take no part (negative labels are ignored too).
+      contrast_scope: "clip" (the paper: anchors contrast with their own clip) or "batch" (with every pixel of
+        every clip of the batch; under batch sharding this gathers the features, "clip" gathers nothing).
+      pool: average-pool the features by this factor (k x k cells, stride k) and take the labels at the cell
+        centres (`downsample_labels`); must divide h and w.
+      max_anchors: keep at most this many random valid query pixels per clip as anchors (needs `key`).
+      anchor_tile, contrast_tile: tile sizes of the (B, anchor_tile, contrast_tile) score blocks; clipped to the
+        problem size. The result does not depend on them beyond float rounding.
+      precision: `jax.lax.Precision` of the einsums (None = backend default; on GPU fp32 may then use TF32).
+      implementation: "tiled" (default) or "dense" (materialises the full score matrix; a baseline for benches).
+    Features may be float32 or bfloat16 (bf16 einsums with float32 accumulation); the result is float32.
+    """
+    _check_inputs(features, labels, temperature, contrast_scope, pool, max_anchors, key,
+                  {"anchor_tile": anchor_tile, "contrast_tile": contrast_tile})
+    if implementation not in ("tiled", "dense"):
+        raise ValueError(f"STCL: implementation must be 'tiled' or 'dense', got {implementation!r}")
+    pool = int(pool)
+    z = _normalise(features, pool)
+    if pool > 1:
+        labels = downsample_labels(labels, z.shape[2:4])
+    labels = labels.astype(jnp.int32)
+    lab = jnp.where((labels == ignore_index) | (labels < 0), -1, labels)
+    b, t, h, w, d = z.shape
+    z = z.reshape(b, t, h * w, d)
+    lab = lab.reshape(b, t, h * w)
+
+    za, la, sa = _anchors(z, lab, max_anchors, key)
+    zc, lc = z.reshape(b, t * h * w, d), lab.reshape(b, t * h * w)
+    if contrast_scope == "batch":  # one group: anchor of clip k sits at k * T*h*w + its index in the clip
+        sa = sa + (jnp.arange(b, dtype=jnp.int32) * (t * h * w))[:, None]
+        za, la, sa = za.reshape(1, -1, d), la.reshape(1, -1), sa.reshape(1, -1)
+        zc, lc = zc.reshape(1, -1, d), lc.reshape(1, -1)
+
+    inv_tau = 1.0 / jnp.asarray(temperature, jnp.float32)
+    if implementation == "dense":
+        per_anchor, npos = dense_contrast(za, la, sa, zc, lc, inv_tau, precision)
+    else:
+        m, n = la.shape[1], lc.shape[1]
+        ta, tc = min(int(anchor_tile), m), min(int(contrast_tile), n)
+        per_anchor, npos = tiled_contrast(_pad_to(za, ta, 0), _pad_to(la, ta, -1), _pad_to(sa, ta, -1),
+                                          _pad_to(zc, tc, 0), _pad_to(lc, tc, -1), inv_tau, ta, tc, precision)
+        per_anchor, npos = per_anchor[:, :m], npos[:, :m]
+    kept = (la >= 0) & (npos > 0)
+    total = jnp.sum(jnp.where(kept, per_anchor, 0.0))
+    return total / jnp.maximum(jnp.sum(kept, dtype=jnp.float32), 1.0)

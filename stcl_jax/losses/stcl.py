@@ -91,9 +91,9 @@ def sample_anchors(valid, max_anchors, key):
     Without replacement, as ContrastiveSeg's random anchor sampling: the valid positions with the smallest
     uniform keys. A row with fewer valid entries is filled with invalid positions (the loss drops them).
     """
-    u = jax.random.uniform(key, valid.shape)
-    _, idx = jax.lax.top_k(-jnp.where(valid, u, 2.0), int(max_anchors))  # invalid positions sort last
-    return idx.astype(jnp.int32)
+    u = jnp.where(valid, jax.random.uniform(key, valid.shape), 2.0)  # invalid positions sort last
+    # A sort along axis 1 stays local under batch sharding (lax.top_k's custom call gathers the batch on CPU).
+    return jnp.argsort(u, axis=1)[:, :int(max_anchors)].astype(jnp.int32)
 
 
 def _anchors(z, lab, max_anchors, key):

@@ -52,8 +52,9 @@ def crop_box(rng: np.random.Generator, labels: np.ndarray, crop_hw: tuple[int, i
     if cat_max_ratio < 1.0:
         for _ in range(10):
             y0, y1, x0, x1 = box
-            values, counts = np.unique(labels[:, y0:y1, x0:x1], return_counts=True)
-            counts = counts[values != ignore_index]
+            counts = np.bincount(labels[:, y0:y1, x0:x1].ravel(), minlength=256)   # np.unique sorts: 20x slower
+            counts[ignore_index] = 0
+            counts = counts[counts > 0]
             if len(counts) > 1 and counts.max() / counts.sum() < cat_max_ratio:
                 break
             box = draw()
@@ -104,11 +105,15 @@ def photometric(img: np.ndarray, p: PhotometricParams) -> np.ndarray:
     return img
 
 
-def normalize(images: np.ndarray, mean: Sequence[float], std: Sequence[float]) -> np.ndarray:
-    """(x - mean) / std per RGB channel, in 0..255 units, float32."""
-    mean = np.asarray(mean, np.float32)
-    inv_std = 1.0 / np.asarray(std, np.float32)
-    return (images.astype(np.float32) - mean) * inv_std
+def normalize(images: np.ndarray, mean: Sequence[float], std: Sequence[float], out: np.ndarray | None = None
+              ) -> np.ndarray:
+    """(x - mean) / std per RGB channel, in 0..255 units, float32; written into `out` if given (saves a copy)."""
+    inv_std = (1.0 / np.asarray(std, np.float64)).astype(np.float32)
+    if out is None:
+        out = np.empty(images.shape, np.float32)
+    np.multiply(images, inv_std, out=out, dtype=np.float32)
+    out -= (np.asarray(mean, np.float64) * inv_std).astype(np.float32)
+    return out
 
 
 def augment_clip(rng: np.random.Generator, images: np.ndarray, labels: np.ndarray, *, base_size: Sequence[int],
@@ -134,6 +139,6 @@ def augment_clip(rng: np.random.Generator, images: np.ndarray, labels: np.ndarra
     ch, cw = crop_size
     out_img = np.zeros((t, ch, cw, 3), np.float32)
     out_lab = np.full((t, ch, cw), ignore_index, np.int32)
-    out_img[:, :h, :w] = normalize(images, mean, std)
+    normalize(images, mean, std, out=out_img[:, :h, :w])
     out_lab[:, :h, :w] = labels
     return out_img, out_lab

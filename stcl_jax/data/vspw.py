@@ -95,7 +95,11 @@ def train_ids_to_raw(ids: np.ndarray) -> np.ndarray:
 
 def invalid_raw_values(mask: np.ndarray) -> list[int]:
     """Sorted distinct values of `mask` that are not a raw VSPW label (0..124 or 255); [] if all are valid."""
-    values = np.unique(np.asarray(mask))
+    mask = np.asarray(mask)
+    if mask.dtype == np.uint8:                        # bincount: ~10x faster than np.unique's sort at 480p
+        values = np.flatnonzero(np.bincount(mask.ravel(), minlength=256))
+    else:
+        values = np.unique(mask)
     return [int(v) for v in values if not (0 <= v <= NUM_CLASSES or v == RAW_VOID)]
 
 

@@ -1,0 +1,143 @@
+"""Evaluating a split: scoring prediction PNGs against a VSPW folder, or running a model over a built split.
+
+- `score_prediction_dir(pred_dir, data_root, split)`: like the official scripts, reads `DIR/<video>/<frame>.png`
+  (train ids 0..123, the ground truth's size and file names) for every mask of every video of
+  `data_root/<split>.txt`. A missing file, a wrong size, a colour PNG or a value >= 124 is an error naming the file.
+- `evaluate_model(predictor, data_dir, split)`: runs `inference.Predictor` on every video of a built split
+  (`stcl_jax.data.records.iterate_videos`) and scores it; optionally writes the prediction PNGs. With several
+  processes each one takes videos i % count == index and the scores are reduced once at the end.
+Both return `metrics.VSPWEvaluator.result()` plus `class_names`, and log progress (videos, frames/s, ETA).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+
+import numpy as np
+from PIL import Image
+
+from stcl_jax.data import vspw
+from stcl_jax.evaluation import metrics
+
+log = logging.getLogger("stcl_jax.evaluation")
+
+
+# ------------------------------------------------------------------------------------------------ prediction PNGs
+def read_prediction(path: str, shape: tuple[int, int], num_classes: int = vspw.NUM_CLASSES) -> np.ndarray:
+    """uint8 (H, W) train ids of one prediction PNG, checked against the ground truth's `shape`."""
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"prediction {path} is missing: every ground-truth mask needs a prediction PNG "
+                                "with the same video folder and file name")
+    try:
+        with Image.open(path) as img:
+            pred = np.asarray(img)
+    except OSError as e:
+        raise ValueError(f"prediction {path} is not a readable PNG: {e}") from e
+    if pred.ndim != 2:
+        raise ValueError(f"prediction {path} has shape {pred.shape}: expected a single-channel (H, W) label PNG "
+                         "of train ids, not a colour image")
+    if pred.shape != tuple(shape):
+        raise ValueError(f"prediction {path} is {pred.shape[1]}x{pred.shape[0]} (WxH) but its ground truth is "
+                         f"{shape[1]}x{shape[0]}: predictions must have the ground truth's resolution")
+    if pred.size and int(pred.max()) >= num_classes:
+        raise ValueError(f"prediction {path} holds value {int(pred.max())}: predictions are train ids "
+                         f"0..{num_classes - 1} (VSPW mask value - 1), not raw VSPW ids or 255")
+    return pred.astype(np.uint8)
+
+
+def write_prediction(path: str, ids: np.ndarray, vspw_ids: bool = False) -> None:
+    """Writes train ids (H, W) as a single-channel PNG; `vspw_ids` stores VSPW's 1..124 (id + 1) instead."""
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+    ids = np.asarray(ids, np.uint8)
+    Image.fromarray(vspw.train_ids_to_raw(ids) if vspw_ids else ids, mode="L").save(path)
+
+
+def _read_mask(path: str) -> np.ndarray:
+    with Image.open(path) as img:
+        mask = np.asarray(img)
+    bad = vspw.invalid_raw_values(mask) if mask.ndim == 2 else None
+    if mask.ndim != 2 or bad:
+        raise ValueError(f"ground-truth mask {path} is not a VSPW mask (shape {mask.shape}, bad values {bad})")
+    return mask
+
+
+# ------------------------------------------------------------------------------------------------ progress
+class _Progress:
+    def __init__(self, total_videos: int, what: str):
+        self.total, self.what, self.start, self.frames, self.videos = total_videos, what, time.time(), 0, 0
+
+    def step(self, name: str, frames: int):
+        self.videos += 1
+        self.frames += frames
+        dt = max(time.time() - self.start, 1e-9)
+        eta = f", ETA {dt / self.videos * (self.total - self.videos):.0f} s" if self.total > 0 else ""
+        log.info("%s %d/%s %s: %d frames, %.2f frames/s%s", self.what, self.videos, self.total or "?", name,
+                 frames, self.frames / dt, eta)
+
+
+# ------------------------------------------------------------------------------------------------ the two forms
+def score_prediction_dir(pred_dir: str, data_root: str, split: str, *, vc_protocol: str = "vspw",
+                         max_videos: int = 0, devices=None) -> dict:
+    """Scores `pred_dir/<video>/<frame>.png` against `data_root` (extracted VSPW_480p layout), as the official
+    scripts do: every mask of every video of `<split>.txt`, frames in sorted file-name order."""
+    if not os.path.isdir(pred_dir):
+        raise FileNotFoundError(f"--predictions {pred_dir} is not a directory")
+    videos = vspw.read_split(data_root, split)
+    videos = videos[:max_videos] if max_videos > 0 else videos
+    evaluator = metrics.VSPWEvaluator(vc_protocol=vc_protocol, devices=devices)
+    progress = _Progress(len(videos), "scored")
+    for video in videos:
+        names = vspw.mask_names(data_root, video)
+        if not names:
+            raise FileNotFoundError(f"video {video} of {split}.txt has no ground-truth masks in "
+                                    f"{os.path.join(vspw.video_dir(data_root, video), 'mask')}")
+        masks = np.stack([_read_mask(vspw.mask_path(data_root, video, n)) for n in names])
+        preds = np.stack([read_prediction(os.path.join(pred_dir, video, n + vspw.MASK_EXT), masks.shape[1:])
+                          for n in names])
+        evaluator.add_video(video, masks, preds)
+        progress.step(video, len(names))
+    return _finish(evaluator.result())
+
+
+def evaluate_model(predictor, data_dir: str, split: str, *, vc_protocol: str = "vspw", max_videos: int = 0,
+                   save_predictions: str | None = None, vspw_ids: bool = False, process_index: int | None = None,
+                   process_count: int | None = None) -> dict:
+    """Runs `predictor` (frames uint8 (N, H, W, 3) -> train ids (N, H, W)) over the videos of a built split and
+    scores them. Multi-process: call it on every process (the final reduction is collective)."""
+    import jax
+
+    from stcl_jax.data.records import iterate_videos
+
+    index = jax.process_index() if process_index is None else process_index
+    count = jax.process_count() if process_count is None else process_count
+    evaluator = metrics.VSPWEvaluator(vc_protocol=vc_protocol)
+    progress = _Progress(max_videos or 0, "evaluated")
+    for i, (video, frame_names, frames, masks) in enumerate(iterate_videos(data_dir, split, max_videos)):
+        if i % count != index:
+            continue
+        if masks is None:
+            raise ValueError(f"video {video} of split {split!r} in {data_dir} has no labels: evaluate a labelled "
+                             "split (val), or use `python -m stcl_jax.predict` for unlabelled frames")
+        preds = predictor(frames)
+        evaluator.add_video(video, masks, preds)
+        if save_predictions:
+            for name, pred in zip(frame_names, preds):
+                write_prediction(os.path.join(save_predictions, video, name + vspw.MASK_EXT), pred, vspw_ids)
+        progress.step(video, len(frames))
+    return _finish(evaluator.result())
+
+
+def _finish(result: dict) -> dict:
+    result["class_names"] = list(vspw.CLASS_NAMES)
+    return result
+
+
+def write_json(result: dict, path: str) -> None:
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    tmp = f"{path}.tmp{os.getpid()}"
+    with open(tmp, "w") as f:
+        json.dump(metrics.json_ready(result), f, indent=1)
+    os.replace(tmp, path)

@@ -175,6 +175,16 @@ def test_predictor_no_recompilation_and_labels():
         pred(frames[..., 0])
 
 
+def test_predictor_postprocess_gets_mean_probabilities():
+    v = tiny_variables(8)
+    frames = np.random.default_rng(8).integers(0, 256, size=(3, 14, 18, 3), dtype=np.uint8)
+    post = lambda p: (jnp.max(p, -1), jnp.argmax(p, -1).astype(jnp.uint8))  # noqa: E731
+    top, labels = inference.Predictor([(conv_apply, v)], mode="whole", batch_size=2, postprocess=post)(frames)
+    probs = np.asarray(jax.nn.softmax(conv_apply(v, inference.normalize(frames)), -1))
+    np.testing.assert_allclose(top, probs.max(-1), rtol=1e-6)
+    np.testing.assert_array_equal(labels, probs.argmax(-1))
+
+
 _SHARDED = textwrap.dedent("""
     import numpy as np, jax, jax.numpy as jnp
     import tests.test_inference as t

@@ -156,11 +156,15 @@ class Predictor:
     (apply_fn, variables); one member = a single model. `predictor(frames uint8 (N, H, W, 3))` -> uint8 (N, H, W)
     train ids. Frames go through in batches of `batch_size` (rounded up to a multiple of the device count; the
     last batch is padded), so every call with frames of one size reuses the same executable.
+
+    `postprocess(probs (B, H, W, C)) -> tuple of arrays with leading axis B`, if given, replaces the argmax: it gets
+    the averaged probabilities (e.g. pseudo-labelling thresholds them) and the call returns the tuple, concatenated.
     """
 
     def __init__(self, members: Sequence[tuple[ApplyFn, object]], *, mode: str = "slide", crop=(768, 768),
                  stride=(512, 512), scales: Sequence[float] = (1.0,), flip: bool = False, batch_size: int = 0,
-                 window_batch: int = 4, mean=IMAGENET_MEAN, std=IMAGENET_STD, devices=None):
+                 window_batch: int = 4, mean=IMAGENET_MEAN, std=IMAGENET_STD, devices=None,
+                 postprocess: Callable | None = None):
         if mode not in ("whole", "slide"):
             raise ValueError(f"inference mode must be 'whole' or 'slide', got {mode!r}")
         devices = list(devices if devices is not None else jax.local_devices())
@@ -170,34 +174,36 @@ class Predictor:
         self._data = NamedSharding(self.mesh, P("data"))
         replicated = NamedSharding(self.mesh, P())
         self._variables = [jax.device_put(v, replicated) for _, v in members]
+        self._postprocess = postprocess
         fns = [fn for fn, _ in members]
         options = dict(mode=mode, crop=tuple(crop), stride=tuple(stride), scales=tuple(scales), flip=flip,
                        window_batch=window_batch)
-        single = len(members) == 1 and tuple(scales) == (1.0,) and not flip
+        single = len(members) == 1 and tuple(scales) == (1.0,) and not flip and postprocess is None
 
         def run(variables, frames):
             images = normalize(frames, mean, std)
-            if single:
-                scores = predict_logits(fns[0], variables[0], images, **options)
-            else:
-                scores = ensemble_probs(list(zip(fns, variables)), images, **options)
-            return jnp.argmax(scores, axis=-1).astype(jnp.uint8)
+            if single:  # argmax of the logits: skips a softmax over the full-resolution scores
+                return (jnp.argmax(predict_logits(fns[0], variables[0], images, **options), -1).astype(jnp.uint8),)
+            probs = ensemble_probs(list(zip(fns, variables)), images, **options)
+            if postprocess is not None:
+                return tuple(postprocess(probs))
+            return (jnp.argmax(probs, axis=-1).astype(jnp.uint8),)
 
         self._run = jax.jit(run, out_shardings=self._data)
 
-    def __call__(self, frames: np.ndarray) -> np.ndarray:
+    def __call__(self, frames: np.ndarray):
         frames = np.asarray(frames)
-        if frames.ndim != 4 or frames.shape[-1] != 3:
-            raise ValueError(f"frames must be (N, H, W, 3) RGB, got shape {frames.shape}")
-        out = []
+        if frames.ndim != 4 or frames.shape[-1] != 3 or not len(frames):
+            raise ValueError(f"frames must be (N, H, W, 3) RGB with N > 0, got shape {frames.shape}")
+        outs = []
         for s in range(0, len(frames), self.batch_size):
             batch = frames[s : s + self.batch_size]
             k = len(batch)
             if k < self.batch_size:
                 batch = np.concatenate([batch, np.zeros((self.batch_size - k, *batch.shape[1:]), batch.dtype)])
-            labels = self._run(self._variables, jax.device_put(batch, self._data))
-            out.append(np.asarray(labels)[:k])
-        return np.concatenate(out) if out else np.zeros((0, *frames.shape[1:3]), np.uint8)
+            outs.append([np.asarray(x)[:k] for x in self._run(self._variables, jax.device_put(batch, self._data))])
+        result = tuple(np.concatenate(parts) for parts in zip(*outs))
+        return result if self._postprocess is not None else result[0]
 
 
 def shard_for_process(items: Sequence, process_index: int | None = None, process_count: int | None = None):

@@ -126,3 +126,18 @@ def test_model_form_end_to_end(raw_root, model_dir, tmp_path):
     for key in ("miou", "wiou", "pixel_acc", "mean_class_acc", "vc8"):
         assert rescored[key] == pytest.approx(scores[key], rel=1e-12), key
     shutil.rmtree(built)
+
+
+def test_inference_options_from_config_and_flags():
+    from stcl_jax.evaluation import cli, inference
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    config = cli.load_config(os.path.join(root, "configs", "swin_t.py") + ":runlocal")
+    p = evaluate._parser()
+    opts = cli.inference_options(p.parse_args([]), config)
+    assert (opts["mode"], opts["crop"], opts["stride"]) == (config.eval.mode, config.eval.crop, config.eval.stride)
+    assert opts["scales"] == (1.0,) and not opts["flip"] and opts["mean"] == tuple(config.data.mean)
+    opts = cli.inference_options(p.parse_args(["--tta", "--mode", "slide", "--crop", "8", "9"]), config)
+    assert opts["scales"] == inference.DEFAULT_SCALES and opts["flip"] and opts["mode"] == "slide"
+    assert opts["crop"] == (8, 9)
+    assert cli.inference_options(p.parse_args([]))["crop"] == (768, 768)  # mmseg's defaults without a config

@@ -1,0 +1,64 @@
+"""Command-line pieces shared by `stcl_jax.evaluate` and `stcl_jax.predict`: inference flags, loading models."""
+
+from __future__ import annotations
+
+import argparse
+
+
+def add_inference_arguments(p: argparse.ArgumentParser) -> None:
+    """--config, --ensemble, --mode/--crop/--stride, --tta/--scales/--flip, --batch-size, --distributed."""
+    p.add_argument("--config", help="config file[:arg] for the inference settings (config.eval, config.data)")
+    p.add_argument("--ensemble", nargs="+", default=[], help="more checkpoints averaged with --checkpoint")
+    p.add_argument("--mode", choices=("slide", "whole"), help="default: config.eval.mode, else slide")
+    p.add_argument("--crop", type=int, nargs=2, metavar=("H", "W"), help="default: config.eval.crop, else 768 768")
+    p.add_argument("--stride", type=int, nargs=2, metavar=("H", "W"), help="default: config.eval.stride, else 512")
+    p.add_argument("--tta", action="store_true", help="ratios 0.5, 0.75, 1.0, 1.25, 1.5, 1.75 + horizontal flip")
+    p.add_argument("--scales", type=float, nargs="+", help="test ratios (overrides --tta's)")
+    p.add_argument("--flip", action="store_true", help="add horizontally flipped views")
+    p.add_argument("--batch-size", type=int, default=0, help="frames per batch (default: one per device)")
+    p.add_argument("--distributed", choices=("auto", "on", "off"), default="auto",
+                   help="jax.distributed.initialize(), as in stcl_jax.train")
+
+
+def load_config(spec: str):
+    """`configs/x.py[:arg]` -> the locked ConfigDict of its get_config(arg)."""
+    from stcl_jax.sweep import load_config_module, split_config_spec
+
+    path, arg = split_config_spec(spec)
+    return load_config_module(path).get_config(arg)
+
+
+def load_members(paths) -> list:
+    """[(apply_fn, variables)] of params-only dirs or training workdirs."""
+    from stcl_jax.pseudo_label import load_member
+
+    members = []
+    for path in paths:
+        try:
+            members.append(load_member(path)[:2])
+        except ModuleNotFoundError as e:
+            raise RuntimeError(f"checkpoint {path}: loading it needs {e.name}, which is missing; export the "
+                               "workdir to a params-only dir with `python -m stcl_jax.export` first") from e
+    return members
+
+
+def inference_options(a, config=None) -> dict:
+    """`inference.Predictor` keyword arguments from the flags, else `config.eval` / `config.data`, else mmseg's."""
+    from stcl_jax.evaluation import inference
+
+    ev = config.eval if config is not None and "eval" in config else {}
+    data = config.data if config is not None and "data" in config else {}
+    scales = a.scales or (inference.DEFAULT_SCALES if a.tta else (1.0,))
+    return dict(mode=a.mode or ev.get("mode", "slide"), crop=tuple(a.crop or ev.get("crop", (768, 768))),
+                stride=tuple(a.stride or ev.get("stride", (512, 512))), scales=tuple(scales), flip=a.flip or a.tta,
+                mean=tuple(data.get("mean", inference.IMAGENET_MEAN)), std=tuple(data.get("std", inference.IMAGENET_STD)),
+                batch_size=a.batch_size)
+
+
+def members_and_options(a) -> tuple[list, dict]:
+    """Initialises the distributed runtime (--distributed), loads --checkpoint + --ensemble, resolves the options."""
+    from stcl_jax.training import mesh
+
+    mesh.initialize_distributed(a.distributed)
+    config = load_config(a.config) if a.config else None
+    return load_members([a.checkpoint, *a.ensemble]), inference_options(a, config)

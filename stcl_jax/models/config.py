@@ -43,6 +43,14 @@ _SHORTCUTS = {
 }
 
 
+def size_name(embed_dim: int, depths, num_heads) -> str:
+    """The size whose Swin numbers these are, or "custom"."""
+    for name, numbers in SIZES.items():
+        if numbers == (embed_dim, tuple(depths), tuple(num_heads)):
+            return name
+    return "custom"
+
+
 def projection_stride(feature: str, patch_size: int = 4) -> int:
     """Stride (input pixels per embedding pixel) of the feature map named `feature`."""
     if feature == "fused":
@@ -60,9 +68,10 @@ def model_config(size: str = "tiny", *, num_classes: int = 124, window_size: int
     An unknown name raises a ValueError naming it.
     """
     key = _ALIASES.get(size.lower(), size.lower())
-    if key not in SIZES:
-        raise ValueError(f"model size {size!r} unknown: expected one of {sorted(SIZES)} (or t/s/b/l)")
-    embed_dim, depths, num_heads = SIZES[key]
+    if key not in SIZES and key != "custom":
+        raise ValueError(f"model size {size!r} unknown: expected one of {sorted(SIZES)}, t/s/b/l, or 'custom' "
+                         "(tiny numbers, meant to be overridden, e.g. by weight import)")
+    embed_dim, depths, num_heads = SIZES.get(key, SIZES["tiny"])
     micro = key == "micro"
     cfg = ml_collections.ConfigDict()
     cfg.size = key
@@ -91,6 +100,24 @@ def model_config(size: str = "tiny", *, num_classes: int = 124, window_size: int
     cfg.projection.stride = projection_stride(cfg.projection.feature, cfg.swin.patch_size)
     validate(cfg)
     cfg.lock()
+    return cfg
+
+
+def config_from_dict(d: dict):
+    """Rebuilds a locked model ConfigDict from `cfg.to_dict()` / its JSON (lists become tuples again)."""
+    d = dict(d)
+    size = d.pop("size", "tiny")
+    flat = {}
+    for group, value in d.items():
+        if isinstance(value, dict):
+            flat.update({f"{group}.{k}": v for k, v in value.items()})
+        else:
+            flat[group] = value
+    stride = flat.pop("projection.stride", None)
+    cfg = model_config(size, **flat)
+    if stride is not None and stride != cfg.projection.stride:
+        raise ValueError(f"projection.stride={stride} does not match projection.feature="
+                         f"{cfg.projection.feature!r} (stride {cfg.projection.stride})")
     return cfg
 
 

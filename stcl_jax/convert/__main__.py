@@ -1,0 +1,53 @@
+"""CLI: convert a PyTorch checkpoint into a params-only stcl_jax model directory (Orbax + model_config.json).
+
+    python -m stcl_jax.convert --from hf-upernet --input upernet-swin-large/ --output /ckpt/upernet_swin_l
+    python -m stcl_jax.convert --from swin-official --input swin_large_patch4_window12_384_22k.pth \
+        --output /ckpt/swin_l_22k --window-size 12
+
+The output directory is what training's `config.init_from` reads (stcl_jax.models.io.load_variables).
+Backbone-only sources write only `params/backbone`; training initialises the rest and reports it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+
+from stcl_jax import convert
+from stcl_jax.models.io import save_variables
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m stcl_jax.convert", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--from", dest="source", required=True, choices=convert.SOURCES,
+                        help="checkpoint format")
+    parser.add_argument("--input", required=True, help="a .pth/.bin/.safetensors file or a save_pretrained folder")
+    parser.add_argument("--output", required=True, help="output directory (created; its contents replaced)")
+    parser.add_argument("--window-size", type=int, default=None,
+                        help="target window size; relative-position tables are interpolated if it differs")
+    parser.add_argument("--num-classes", type=int, default=None,
+                        help="classes of the model config written for a backbone-only import (default 124)")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+
+    try:
+        state_dict, hf_config = convert.load_state_dict(args.input)
+        full = convert.mapping.SOURCES[args.source][2]
+        variables, cfg, report = convert.convert_state_dict(
+            state_dict, args.source, window_size=args.window_size,
+            num_classes=args.num_classes if full else None, hf_config=hf_config)
+        if not full and args.num_classes:
+            cfg.num_classes = args.num_classes
+    except (ValueError, FileNotFoundError, ImportError) as e:
+        print(f"error: {args.input}: {e}", file=sys.stderr)
+        return 1
+    save_variables(args.output, variables, cfg)
+    print(report)
+    print(f"wrote {args.output} (size {cfg.size}, window {cfg.swin.window_size}, {cfg.num_classes} classes)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

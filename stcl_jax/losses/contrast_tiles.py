@@ -9,8 +9,10 @@ z_a (M, D) and contrast pixels z_c (N, D), both L2-normalised, with s_ij = z_i .
 
 Forward, per tile of `anchor_tile` anchors, scanning tiles of `contrast_tile` contrast pixels:
   pass 1: lN_i by an online log-sum-exp (running max + rescaled sum, as in flash attention) and |P_i|;
-  pass 2: sum_p softplus(lN_i - s_ip) and h_i = 1/|P_i| sum_p sigmoid(lN_i - s_ip) (= dL(i)/dlN_i).
-Backward, one more sweep over the same tiles, with the upstream cotangent c_i:
+  pass 2: sum_p softplus(lN_i - s_ip) and h_i = 1/|P_i| sum_p sigmoid(lN_i - s_ip) (= dL(i)/dlN_i); it only
+          needs tiles holding a same-label pair, so with `skip` it visits just the span of contrast tiles whose
+          labels overlap the anchor tile's (few, once the pixels are sorted by label).
+Backward, one more sweep over all tiles (the negative terms reach every tile), with the upstream cotangent c_i:
   dL/ds_ip = -c_i/|P_i| sigmoid(lN_i - s_ip)  (positives),   dL/ds_in = c_i h_i exp(s_in - lN_i)  (negatives),
   dz_a = G z_c / tau, dz_c = G^T z_a / tau, accumulated tile by tile.
 Only (B, anchor_tile, contrast_tile) score blocks ever exist; the residuals are O(M) per group.
@@ -64,8 +66,32 @@ def _contrast_xs(zc, lc, contrast_tile):
     return _tiles(zc, contrast_tile), _tiles(lc, contrast_tile), jc
 
 
-def _anchor_stats(za_t, la_t, sa_t, cxs, inv_tau, precision):
-    """Both forward passes for one anchor tile. Returns (loss_i, num_pos, lN, h), each (B, ta) float32."""
+def positive_spans(la, lc, anchor_tile, contrast_tile):
+    """(num anchor tiles, 2) int32 [start, end) of the contrast tiles that can hold a positive pair.
+
+    A contrast tile is needed when its label range overlaps the anchor tile's in some group of the batch; the
+    span covers every needed tile (one span for the whole batch, so a batched loop can use it). Exact for any
+    pixel order; narrow when the pixels of each group are sorted by label (`stcl.py`, `sort_by_label`).
+    """
+    big = jnp.iinfo(jnp.int32).max
+    a_lo = jnp.min(_tiles(jnp.where(la >= 0, la, big), anchor_tile), axis=-1)  # (na, B)
+    a_hi = jnp.max(_tiles(jnp.where(la >= 0, la, -1), anchor_tile), axis=-1)
+    c_lo = jnp.min(_tiles(jnp.where(lc >= 0, lc, big), contrast_tile), axis=-1)  # (nc, B)
+    c_hi = jnp.max(_tiles(jnp.where(lc >= 0, lc, -1), contrast_tile), axis=-1)
+    need = (c_lo[None] <= a_hi[:, None]) & (c_hi[None] >= a_lo[:, None])  # (na, nc, B)
+    need = jnp.any(need, axis=-1)
+    nc = need.shape[1]
+    start = jnp.argmax(need, axis=1)
+    end = nc - jnp.argmax(need[:, ::-1], axis=1)
+    found = jnp.any(need, axis=1)
+    return jnp.stack([jnp.where(found, start, 0), jnp.where(found, end, 0)], axis=1).astype(jnp.int32)
+
+
+def _anchor_stats(za_t, la_t, sa_t, span, cxs, inv_tau, precision):
+    """Both forward passes for one anchor tile. Returns (loss_i, num_pos, lN, h), each (B, ta) float32.
+
+    `span` (2,) int32 limits the positive pass to contrast tiles [start, end), or is None for all of them.
+    """
     b, ta = la_t.shape
     # Scores are >= -inv_tau * (1 + eps) for unit vectors, so this start keeps the running max finite.
     m0 = jnp.full((b, ta), -inv_tau - 1.0, _F32)
@@ -94,40 +120,50 @@ def _anchor_stats(za_t, la_t, sa_t, cxs, inv_tau, precision):
         hsum = hsum + jnp.sum(jnp.where(pos, jax.nn.sigmoid(u), 0.0), axis=-1)
         return (acc, hsum), None
 
-    (acc, hsum), _ = lax.scan(pass2, (zeros, zeros), cxs)
+    if span is None:
+        (acc, hsum), _ = lax.scan(pass2, (zeros, zeros), cxs)
+    else:
+        def body(j, carry):
+            return pass2(carry, tuple(lax.dynamic_index_in_dim(x, j, keepdims=False) for x in cxs))[0]
+        acc, hsum = lax.fori_loop(span[0], span[1], body, (zeros, zeros))
     inv_p = 1.0 / jnp.maximum(npos, 1.0)
     return acc * inv_p, npos, log_neg, hsum * inv_p
 
 
-def _forward(za, la, sa, zc, lc, inv_tau, anchor_tile, contrast_tile, precision):
+def _forward(za, la, sa, zc, lc, inv_tau, anchor_tile, contrast_tile, precision, skip):
     cxs = _contrast_xs(zc, lc, contrast_tile)
+    axs = (_tiles(za, anchor_tile), _tiles(la, anchor_tile), _tiles(sa, anchor_tile))
+    if skip:
+        axs = axs + (positive_spans(la, lc, anchor_tile, contrast_tile),)
 
     def one_anchor_tile(x):
-        return _anchor_stats(*x, cxs, inv_tau, precision)
+        za_t, la_t, sa_t = x[:3]
+        return _anchor_stats(za_t, la_t, sa_t, x[3] if skip else None, cxs, inv_tau, precision)
 
-    outs = lax.map(one_anchor_tile, (_tiles(za, anchor_tile), _tiles(la, anchor_tile), _tiles(sa, anchor_tile)))
+    outs = lax.map(one_anchor_tile, axs)
     loss, npos, log_neg, h = (_untile(o) for o in outs)
     return (loss, npos), (log_neg, h, npos)
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(6, 7, 8))
-def tiled_contrast(za, la, sa, zc, lc, inv_tau, anchor_tile, contrast_tile, precision=None):
+@functools.partial(jax.custom_vjp, nondiff_argnums=(6, 7, 8, 9))
+def tiled_contrast(za, la, sa, zc, lc, inv_tau, anchor_tile, contrast_tile, precision, skip):
     """Per-anchor loss L(i) and |P_i| (both (B, M) float32) without materialising the (M, N) scores.
 
     za (B, M, D) and zc (B, N, D) are unit vectors in the compute dtype; la (B, M), sa (B, M), lc (B, N) int32;
     inv_tau = 1 / temperature, a float32 scalar (may be traced; no gradient flows to it).
     M must be a multiple of `anchor_tile` and N of `contrast_tile` (pad with label -1). L(i) of an anchor
-    without positives is 0. Only `loss` is differentiable (w.r.t. za and zc).
+    without positives is 0. Only `loss` is differentiable (w.r.t. za and zc). `skip`: the positive pass visits
+    only the `positive_spans` of each anchor tile (same result; fewer tiles when pixels are sorted by label).
     """
-    return _forward(za, la, sa, zc, lc, inv_tau, anchor_tile, contrast_tile, precision)[0]
+    return _forward(za, la, sa, zc, lc, inv_tau, anchor_tile, contrast_tile, precision, skip)[0]
 
 
-def _fwd(za, la, sa, zc, lc, inv_tau, anchor_tile, contrast_tile, precision):
-    out, (log_neg, h, npos) = _forward(za, la, sa, zc, lc, inv_tau, anchor_tile, contrast_tile, precision)
+def _fwd(za, la, sa, zc, lc, inv_tau, anchor_tile, contrast_tile, precision, skip):
+    out, (log_neg, h, npos) = _forward(za, la, sa, zc, lc, inv_tau, anchor_tile, contrast_tile, precision, skip)
     return out, (za, la, sa, zc, lc, inv_tau, log_neg, h, npos)
 
 
-def _bwd(anchor_tile, contrast_tile, precision, res, cts):
+def _bwd(anchor_tile, contrast_tile, precision, skip, res, cts):
     za, la, sa, zc, lc, inv_tau, log_neg, h, npos = res
     ct = cts[0].astype(_F32)  # the |P_i| output carries no gradient
     w_pos = ct / jnp.maximum(npos, 1.0)

@@ -59,7 +59,7 @@ def _check_inputs(features, labels, temperature, contrast_scope, pool, max_ancho
     h, w = features.shape[2:4]
     if int(pool) < 1 or h % int(pool) or w % int(pool):
         raise ValueError(f"STCL: pool={pool} must be a positive integer dividing the feature size {h}x{w}")
-    if max_anchors is not None and (int(max_anchors) < 1 or key is None):
+    if max_anchors and (int(max_anchors) < 1 or key is None):
         raise ValueError(f"STCL: max_anchors={max_anchors} needs a positive value and a PRNG key (key={key})")
     for name, value in tiles.items():
         if int(value) < 1:
@@ -100,16 +100,28 @@ def _anchors(z, lab, max_anchors, key):
     """Query-frame anchors (B, M, D), their labels and their own index in the clip's contrast set."""
     b, hw = lab.shape[0], lab.shape[2]
     za, la = z[:, 0], lab[:, 0]
-    if max_anchors is None or int(max_anchors) >= hw:
+    if not max_anchors or int(max_anchors) >= hw:
         return za, la, jnp.broadcast_to(jnp.arange(hw, dtype=jnp.int32), (b, hw))
     idx = sample_anchors(la >= 0, max_anchors, key)
     return jnp.take_along_axis(za, idx[..., None], axis=1), jnp.take_along_axis(la, idx, axis=1), idx
 
 
+def _sort_by_label(za, la, sa, zc, lc):
+    """Anchors and contrast pixels of each group in label order (invalid last); self indices follow along."""
+    big = jnp.iinfo(jnp.int32).max
+    oa = jnp.argsort(jnp.where(la >= 0, la, big), axis=1)
+    oc = jnp.argsort(jnp.where(lc >= 0, lc, big), axis=1)
+    rank_c = jnp.argsort(oc, axis=1).astype(jnp.int32)  # original contrast index -> sorted position
+    sa = jnp.take_along_axis(sa, oa, axis=1)
+    sa = jnp.where(sa >= 0, jnp.take_along_axis(rank_c, jnp.maximum(sa, 0), axis=1), -1)
+    return (jnp.take_along_axis(za, oa[..., None], axis=1), jnp.take_along_axis(la, oa, axis=1), sa,
+            jnp.take_along_axis(zc, oc[..., None], axis=1), jnp.take_along_axis(lc, oc, axis=1))
+
+
 def spatial_temporal_consistency_loss(features, labels, *, temperature=0.07, ignore_index=255,
                                       contrast_scope="clip", pool=1, max_anchors=None, key=None,
                                       anchor_tile=1024, contrast_tile=2048, precision=None,
-                                      implementation="tiled"):
+                                      sort_by_label=False, implementation="tiled"):
     """STCL loss (module doc) of `features` (B, T, h, w, D) with `labels` (B, T, h, w) -> scalar float32.
 
     Args:
@@ -120,10 +132,13 @@ def spatial_temporal_consistency_loss(features, labels, *, temperature=0.07, ign
         every clip of the batch; under batch sharding this gathers the features, "clip" gathers nothing).
       pool: average-pool the features by this factor (k x k cells, stride k) and take the labels at the cell
         centres (`downsample_labels`); must divide h and w.
-      max_anchors: keep at most this many random valid query pixels per clip as anchors (needs `key`).
+      max_anchors: keep at most this many random valid query pixels per clip as anchors (needs `key`);
+        None or 0 = every valid query pixel.
       anchor_tile, contrast_tile: tile sizes of the (B, anchor_tile, contrast_tile) score blocks; clipped to the
         problem size. The result does not depend on them beyond float rounding.
       precision: `jax.lax.Precision` of the einsums (None = backend default; on GPU fp32 may then use TF32).
+      sort_by_label: sort each group's pixels by label so that the positive pass skips the tiles without a
+        same-label pair (same result; fewer einsum tiles, see BENCHMARKS.md for what it saves).
       implementation: "tiled" (default) or "dense" (materialises the full score matrix; a baseline for benches).
     Features may be float32 or bfloat16 (bf16 einsums with float32 accumulation); the result is float32.
     """
@@ -152,10 +167,13 @@ def spatial_temporal_consistency_loss(features, labels, *, temperature=0.07, ign
     if implementation == "dense":
         per_anchor, npos = dense_contrast(za, la, sa, zc, lc, inv_tau, precision)
     else:
+        if sort_by_label:
+            za, la, sa, zc, lc = _sort_by_label(za, la, sa, zc, lc)
         m, n = la.shape[1], lc.shape[1]
         ta, tc = min(int(anchor_tile), m), min(int(contrast_tile), n)
         per_anchor, npos = tiled_contrast(_pad_to(za, ta, 0), _pad_to(la, ta, -1), _pad_to(sa, ta, -1),
-                                          _pad_to(zc, tc, 0), _pad_to(lc, tc, -1), inv_tau, ta, tc, precision)
+                                          _pad_to(zc, tc, 0), _pad_to(lc, tc, -1), inv_tau, ta, tc, precision,
+                                          bool(sort_by_label))
         per_anchor, npos = per_anchor[:, :m], npos[:, :m]
     kept = (la >= 0) & (npos > 0)
     total = jnp.sum(jnp.where(kept, per_anchor, 0.0))

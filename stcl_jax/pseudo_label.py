@@ -1,8 +1,8 @@
 """Pseudo-labels (paper section 2.3): a teacher labels frames, confident pixels kept, the rest void.
 
     python -m stcl_jax.pseudo_label --checkpoints CKPT [CKPT ...] --data DIR --split SPLIT --output OUT
-        [--threshold 0.5] [--mode slide|whole] [--crop H W] [--stride H W] [--scales 0.5 1.0 ...] [--flip]
-        [--only-unlabelled] [--max-videos N] [--batch-size B] [--distributed auto|on|off]
+        [--threshold 0.5] [--mode slide|whole] [--crop H W] [--stride H W] [--tta | --scales 0.5 1.0 ... --flip]
+        [--config FILE] [--only-unlabelled] [--max-videos N] [--batch-size B] [--distributed auto|on|off]
 
 Teacher: each CKPT is a params-only export (`stcl_jax.export`: model_config.json + Orbax params) or a training
 workdir (its newest checkpoint). The teacher's probability is the mean softmax over its members and, for each,
@@ -35,7 +35,6 @@ import cv2
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from stcl_jax.data import records, vspw
 from stcl_jax.evaluation import inference
@@ -58,37 +57,13 @@ def threshold_labels(probs: jax.Array, threshold: float, ignore_index: int = vsp
     return jnp.where(keep, cls, ignore_index).astype(jnp.uint8), predicted, kept
 
 
-class Teacher:
-    """frames uint8 (N, H, W, 3) -> (labels uint8 (N, H, W), predicted (N, C), kept (N, C)), data-parallel over the
-    local devices; frames go through in padded batches of `batch_size` so one frame size compiles once."""
-
-    def __init__(self, members, *, threshold: float = 0.5, batch_size: int = 0, mean=inference.IMAGENET_MEAN,
-                 std=inference.IMAGENET_STD, **tta):
-        if not 0.0 <= threshold <= 1.0:
-            raise ValueError(f"--threshold must be in [0, 1], got {threshold}")
-        devices = jax.local_devices()
-        self.mesh = Mesh(np.array(devices), ("data",))
-        n = len(devices)
-        self.batch_size = max(n, -(-(batch_size or n) // n) * n)
-        self._data = NamedSharding(self.mesh, P("data"))
-        self._variables = [jax.device_put(v, NamedSharding(self.mesh, P())) for _, v in members]
-        fns = [fn for fn, _ in members]
-
-        def run(variables, frames):
-            probs = inference.ensemble_probs(list(zip(fns, variables)), inference.normalize(frames, mean, std), **tta)
-            return jax.vmap(lambda p: threshold_labels(p, threshold))(probs)
-
-        self._run = jax.jit(run, out_shardings=self._data)
-
-    def __call__(self, frames: np.ndarray):
-        outs = []
-        for s in range(0, len(frames), self.batch_size):
-            batch = frames[s : s + self.batch_size]
-            k = len(batch)
-            if k < self.batch_size:
-                batch = np.concatenate([batch, np.zeros((self.batch_size - k, *batch.shape[1:]), batch.dtype)])
-            outs.append([np.asarray(x)[:k] for x in self._run(self._variables, jax.device_put(batch, self._data))])
-        return tuple(np.concatenate(parts) for parts in zip(*outs))
+def make_teacher(members, *, threshold: float = 0.5, **options) -> inference.Predictor:
+    """An `inference.Predictor` over `members` [(apply_fn, variables)] whose call maps frames uint8 (N, H, W, 3)
+    to (labels uint8 (N, H, W), predicted (N, C), kept (N, C)): the threshold rule on the averaged probabilities.
+    `options`: the Predictor's (mode, crop, stride, scales, flip, batch_size, mean, std)."""
+    if not 0.0 <= threshold <= 1.0:
+        raise ValueError(f"--threshold must be in [0, 1], got {threshold}")
+    return inference.Predictor(members, postprocess=jax.vmap(lambda p: threshold_labels(p, threshold)), **options)
 
 
 def load_member(path: str):
@@ -138,7 +113,7 @@ def _encode_png(raw_mask: np.ndarray) -> bytes:
     return buf.tobytes()
 
 
-def label_split(teacher: Teacher, data_dir: str, split: str, output: str, *, only_unlabelled: bool = False,
+def label_split(teacher: inference.Predictor, data_dir: str, split: str, output: str, *, only_unlabelled: bool = False,
                 max_videos: int = 0, process_index: int = 0, process_count: int = 1) -> dict:
     """Labels this process's videos of `split` into `output/layout` and `output/stats`; returns counts."""
     source = records.open_split(data_dir, split)
@@ -230,31 +205,24 @@ def build_records(output: str) -> str:
 
 # ------------------------------------------------------------------------------------------------------- main --
 def main(argv=None) -> int:
+    from stcl_jax.evaluation import cli
+
     p = argparse.ArgumentParser(prog="python -m stcl_jax.pseudo_label", description=__doc__.split("\n\n")[0])
-    p.add_argument("--checkpoints", nargs="+", required=True, help="export dirs or training workdirs (ensemble)")
+    p.add_argument("--checkpoints", nargs="+", required=True,
+                   help="export dirs or training workdirs; several = an ensemble (mean softmax)")
     p.add_argument("--data", required=True, help="built dataset dir (stcl_jax.data.build --output)")
     p.add_argument("--split", required=True, help="split of --data to label (e.g. extra, test, train)")
     p.add_argument("--output", required=True)
     p.add_argument("--threshold", type=float, default=0.5, help="min top probability to keep a pixel (paper: 0.5)")
-    p.add_argument("--mode", choices=("slide", "whole"), default="slide")
-    p.add_argument("--crop", type=int, nargs=2, default=(768, 768), metavar=("H", "W"))
-    p.add_argument("--stride", type=int, nargs=2, default=(512, 512), metavar=("H", "W"))
-    p.add_argument("--scales", type=float, nargs="+", default=(1.0,))
-    p.add_argument("--flip", action="store_true")
     p.add_argument("--only-unlabelled", action="store_true", help="skip frames that already have a label")
     p.add_argument("--max-videos", type=int, default=0, help="0 = all videos of the split")
-    p.add_argument("--batch-size", type=int, default=0, help="frames per device batch (default: 1 per device)")
-    p.add_argument("--distributed", choices=("auto", "on", "off"), default="auto",
-                   help="jax.distributed.initialize(), as in stcl_jax.train (launch/*.sh set the environment)")
     p.add_argument("--no-build", action="store_true", help="write layout and stats only, no records")
+    cli.add_inference_arguments(p)  # --config, --ensemble, --mode/--crop/--stride, --tta/--scales/--flip, ...
     a = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, stream=sys.stdout, format="%(asctime)s %(message)s", force=True)
-    from stcl_jax.training import mesh
-
-    mesh.initialize_distributed(a.distributed)
-    members = [load_member(c)[:2] for c in a.checkpoints]
-    teacher = Teacher(members, threshold=a.threshold, batch_size=a.batch_size, mode=a.mode, crop=tuple(a.crop),
-                      stride=tuple(a.stride), scales=tuple(a.scales), flip=a.flip)
+    a.checkpoint, a.ensemble = a.checkpoints[0], [*a.checkpoints[1:], *a.ensemble]
+    members, options = cli.members_and_options(a)
+    teacher = make_teacher(members, threshold=a.threshold, **options)
     counts = label_split(teacher, a.data, a.split, a.output, only_unlabelled=a.only_unlabelled,
                          max_videos=a.max_videos, process_index=jax.process_index(),
                          process_count=jax.process_count())

@@ -14,6 +14,7 @@ from stcl_jax.data.build import build_dataset
 from stcl_jax.data.synthetic import write_synthetic_vspw
 from stcl_jax.evaluation import inference
 from stcl_jax.models import build_segmenter, model_config
+from stcl_jax.models.io import save_variables
 
 NUM_CLASSES = 5
 
@@ -86,7 +87,10 @@ def _safe_threshold(top: np.ndarray) -> float:
 
 
 def test_pseudo_labels_follow_the_rule_and_resume(dataset, tmp_path):
+    """The CLI on two exported teachers (ensemble) with flip TTA, against the float64 reference."""
     members = _teacher_members()
+    cfg = model_config("micro", num_classes=NUM_CLASSES, window_size=4)
+    exports = [save_variables(str(tmp_path / f"teacher{i}"), v, cfg) for i, (_, v) in enumerate(members)]
     source = records.open_split(str(dataset), "train")
     recs = [source[i] for i in range(len(source))]
     frames = np.stack([records.decode_image(r["image"]) for r in recs])
@@ -96,11 +100,10 @@ def test_pseudo_labels_follow_the_rule_and_resume(dataset, tmp_path):
     expected = np.where(top >= threshold, cls, 255)
     assert 0.2 < (expected != 255).mean() < 0.8  # both branches of the rule are exercised
 
-    apply_members = [(inference.segmenter_apply(m), v) for m, v in members]
-    teacher = pl.Teacher(apply_members, threshold=threshold, batch_size=2, mode="whole", flip=True)
     out = str(tmp_path / "out")
-    counts = pl.label_split(teacher, str(dataset), "train", out)
-    assert counts == {"videos": 2, "frames": 6, "skipped": 0}
+    args = ["--checkpoints", *exports, "--data", str(dataset), "--split", "train", "--output", out,
+            "--threshold", repr(threshold), "--mode", "whole", "--flip", "--batch-size", "2"]
+    assert pl.main(args) == 0
     for r, exp, c, t in zip(recs, expected, cls, top):
         video, name = records.text(r["video"]), records.text(r["frame_name"])
         frame_dir = os.path.join(out, "layout", "data", video)
@@ -111,26 +114,16 @@ def test_pseudo_labels_follow_the_rule_and_resume(dataset, tmp_path):
         np.testing.assert_array_equal(stats["predicted"], np.bincount(c.ravel(), minlength=NUM_CLASSES))
         np.testing.assert_array_equal(stats["kept"], np.bincount(c[t >= threshold], minlength=NUM_CLASSES))
 
-    # Rerun: nothing to do. Drop one frame's stats line (as if killed after its PNG): only that frame is redone.
-    assert pl.label_split(teacher, str(dataset), "train", out) == {"videos": 2, "frames": 0, "skipped": 6}
-    video0 = records.text(recs[0]["video"])
-    stats_path = os.path.join(out, "stats", f"{video0}.jsonl")
-    lines = open(stats_path).read().splitlines()
-    open(stats_path, "w").write("\n".join(lines[:-1]) + "\n")
-    assert pl.label_split(teacher, str(dataset), "train", out) == {"videos": 2, "frames": 1, "skipped": 5}
-
-    report = pl.write_report(out, threshold)
+    report = json.loads(open(os.path.join(out, "report.json")).read())
     assert report["frames"] == 6 and report["videos"] == 2
     for row in report["per_class"]:
-        n = int((cls == row["id"]).sum())
-        assert row["predicted_pixels"] == n
+        assert row["predicted_pixels"] == int((cls == row["id"]).sum())
         assert row["kept_pixels"] == int(((cls == row["id"]) & (top >= threshold)).sum())
     assert report["kept_fraction"] == pytest.approx((expected != 255).mean(), abs=1e-12)
     assert "| id | class | predicted px | kept px | kept |" in open(os.path.join(out, "report.md")).read()
 
     # Records in the training format: same JPEG bytes, masks = the pseudo labels.
-    built = pl.build_records(out)
-    extra = records.open_split(built, "extra")
+    extra = records.open_split(os.path.join(out, "records"), "extra")
     assert len(extra) == 6
     by_name = {(records.text(r["video"]), records.text(r["frame_name"])): (r, e) for r, e in zip(recs, expected)}
     for i in range(len(extra)):
@@ -138,11 +131,21 @@ def test_pseudo_labels_follow_the_rule_and_resume(dataset, tmp_path):
         src, exp = by_name[(records.text(rec["video"]), records.text(rec["frame_name"]))]
         assert bytes(rec["image"]) == bytes(src["image"]) and bool(rec["has_label"])
         np.testing.assert_array_equal(vspw.raw_to_train_ids(records.decode_mask(rec["mask"])), exp)
-    json.loads(open(os.path.join(out, "report.json")).read())
+
+    # Rerun: nothing to do. Drop one frame's stats line (as if killed after its PNG): only that frame is redone.
+    teacher = pl.make_teacher([(inference.segmenter_apply(m), v) for m, v in members], threshold=threshold,
+                              batch_size=2, mode="whole", flip=True)
+    assert pl.label_split(teacher, str(dataset), "train", out) == {"videos": 2, "frames": 0, "skipped": 6}
+    video0 = records.text(recs[0]["video"])
+    stats_path = os.path.join(out, "stats", f"{video0}.jsonl")
+    lines = open(stats_path).read().splitlines()
+    open(stats_path, "w").write("\n".join(lines[:-1]) + "\n")
+    assert pl.label_split(teacher, str(dataset), "train", out) == {"videos": 2, "frames": 1, "skipped": 5}
+    assert sorted(open(stats_path).read().splitlines()) == sorted(lines)  # the same stats, recomputed
 
 
 def test_bad_inputs_fail_clearly(tmp_path):
     with pytest.raises(ValueError, match="--threshold must be in"):
-        pl.Teacher([], threshold=1.5)
+        pl.make_teacher([], threshold=1.5)
     with pytest.raises(FileNotFoundError, match="neither a params-only export"):
         pl.load_member(str(tmp_path))

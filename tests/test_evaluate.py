@@ -125,6 +125,19 @@ def test_model_form_end_to_end(raw_root, model_dir, tmp_path):
     rescored = runner.score_prediction_dir(pred, raw_root, "val")
     for key in ("miou", "wiou", "pixel_acc", "mean_class_acc", "vc8"):
         assert rescored[key] == pytest.approx(scores[key], rel=1e-12), key
+    # the training loop's entry point, configured like the command above, gives the same scores
+    from stcl_jax.evaluation import cli
+    from stcl_jax.models import build_segmenter
+    from stcl_jax.models.io import load_variables
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    config = cli.load_config(os.path.join(root, "configs", "swin_t.py") + ":runlocal")
+    config.data.dir, config.data.val_split = built, "val"
+    config.eval.mode, config.eval.crop, config.eval.stride = "slide", (32, 32), (16, 16)
+    variables, model_cfg = load_variables(model_dir)
+    direct = runner.evaluate_segmenter(build_segmenter(model_cfg), variables, config)
+    for key in ("miou", "wiou", "vc8"):
+        assert direct[key] == pytest.approx(scores[key], rel=1e-12), key
     shutil.rmtree(built)
 
 

@@ -130,6 +130,20 @@ def evaluate_model(predictor, data_dir: str, split: str, *, vc_protocol: str = "
     return _finish(evaluator.result())
 
 
+def evaluate_segmenter(model, variables, config, *, max_videos: int | None = None) -> dict:
+    """Scores a `build_segmenter` module on `config.data.val_split` of `config.data.dir` with the inference
+    settings of `config.eval` (mode, crop, stride; max_videos) and `config.data` (mean, std): the training
+    loop's periodic evaluation. `variables` must be addressable by this process (gather FSDP-sharded params
+    with `multihost_utils.process_allgather` first); call it on every process."""
+    from stcl_jax.evaluation import inference
+
+    predictor = inference.Predictor([(inference.segmenter_apply(model), variables)], mode=config.eval.mode,
+                                    crop=tuple(config.eval.crop), stride=tuple(config.eval.stride),
+                                    mean=tuple(config.data.mean), std=tuple(config.data.std))
+    limit = config.eval.get("max_videos", 0) if max_videos is None else max_videos
+    return evaluate_model(predictor, config.data.dir, config.data.val_split, max_videos=limit)
+
+
 def _finish(result: dict) -> dict:
     result["class_names"] = list(vspw.CLASS_NAMES)
     return result

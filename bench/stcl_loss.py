@@ -54,6 +54,7 @@ def parse_args(argv=None):
     p.add_argument("--steps", type=int, default=5, help="timed steps")
     p.add_argument("--dense_limit_gib", type=float, default=8.0, help="skip dense above this (non-GPU backends)")
     p.add_argument("--peak_tflops", type=float, default=0.0, help="device peak; 0 = from the device name")
+    p.add_argument("--stats_only", action="store_true", help="only the label-sorted tile statistics (no JAX)")
     p.add_argument("--json", default="", help="write the results here")
     return p.parse_args(argv)
 
@@ -99,13 +100,18 @@ def positive_tile_fraction(labels, anchor_tile, contrast_tile):
     return per_clip, float((last - first).sum() / (na * nc))
 
 
-def time_fn(fn, args, steps):
+def time_fn(fn, args, steps, cpu_times=None):
+    """Median wall seconds per call; `cpu_times` (a list) also gets the process CPU seconds per call, a figure
+    that shared CPUs do not inflate (on a CPU backend it is the work summed over XLA's threads)."""
     jax.block_until_ready(fn(*args))  # compile + warm-up
-    times = []
+    times, cpu = [], []
     for _ in range(steps):
-        start = time.perf_counter()
+        start, start_cpu = time.perf_counter(), time.process_time()
         jax.block_until_ready(fn(*args))
         times.append(time.perf_counter() - start)
+        cpu.append(time.process_time() - start_cpu)
+    if cpu_times is not None:
+        cpu_times.append(statistics.median(cpu))
     return statistics.median(times)
 
 
@@ -126,8 +132,10 @@ def einsum_pass_time(feats, args, steps):
             return jax.lax.scan(step, jnp.zeros(a.shape[:2], jnp.float32), zc)[0]
         return jax.lax.map(per_anchor_tile, za)
 
-    seconds = time_fn(one_pass, (za, zc), steps)
-    return seconds * (m * n) / (za.shape[0] * ta * zc.shape[0] * tc)  # scale to the untruncated problem
+    cpu = []
+    seconds = time_fn(one_pass, (za, zc), steps, cpu)
+    scale = (m * n) / (za.shape[0] * ta * zc.shape[0] * tc)  # scale to the untruncated problem
+    return seconds * scale, cpu[0] * scale
 
 
 def peak_tflops(args, device):
@@ -145,8 +153,8 @@ def run_size(size, args, rng, device):
     peak = peak_tflops(args, device)
     row = {"size": size, "B": b, "T": t, "D": d, "dtype": args.dtype, "anchors_per_clip": m,
            "contrast_per_clip": n, "einsum_pass_tflop": pass_flops / 1e12}
-    pass_s = einsum_pass_time(feats, args, args.steps)
-    row["einsum_pass_s"] = pass_s
+    pass_s, pass_cpu = einsum_pass_time(feats, args, args.steps)
+    row["einsum_pass_s"], row["einsum_pass_cpu_s"] = pass_s, pass_cpu
     per_clip, visited = positive_tile_fraction(np.asarray(labels), args.anchor_tile, args.contrast_tile)
     row["positive_tiles"] = {"per_clip_mean": float(per_clip.mean()), "per_clip_max": float(per_clip.max()),
                              "visited": visited}
@@ -163,9 +171,11 @@ def run_size(size, args, rng, device):
         if impl == "dense" and temp > 0.9 * limit:
             res["skipped"] = f"needs {temp / 2**30:.1f} GiB of temporaries, limit {limit / 2**30:.1f} GiB"
         else:
-            seconds = time_fn(compiled, (feats, labels), args.steps)
-            res.update(step_s=seconds, achieved_tflops=passes * pass_flops / seconds / 1e12,
-                       vs_einsum_roofline=seconds / (passes * pass_s))
+            cpu = []
+            seconds = time_fn(compiled, (feats, labels), args.steps, cpu)
+            res.update(step_s=seconds, step_cpu_s=cpu[0], achieved_tflops=passes * pass_flops / seconds / 1e12,
+                       vs_einsum_roofline=seconds / (passes * pass_s),
+                       vs_einsum_roofline_cpu_time=cpu[0] / (passes * pass_cpu))
             if peak:
                 res["vs_peak_roofline"] = seconds / (passes * pass_flops / (peak * 1e12))
             if "peak_bytes_in_use" in (device.memory_stats() or {}):
@@ -182,21 +192,31 @@ def main(argv=None):
           f"{peak_tflops(args, device) or 'unknown'} TFLOP/s")
     rows = []
     for size in (int(s) for s in args.sizes.split(",")):
+        if args.stats_only:
+            labels = blob_labels(rng, args.batch, args.frames, size, args.classes, args.blob, args.ignore)
+            per_clip, visited = positive_tile_fraction(labels, args.anchor_tile, args.contrast_tile)
+            rows.append({"size": size, "per_clip_mean": float(per_clip.mean()), "visited": visited})
+            print(f"{size}x{size}, tiles {args.anchor_tile}x{args.contrast_tile}: tile pairs holding a positive "
+                  f"pair {per_clip.mean():.1%} per clip (max {per_clip.max():.1%}); batched positive pass visits "
+                  f"{visited:.1%} -> einsum work {(4 + visited) / 5:.1%} of the unsorted tiled loss")
+            continue
         row = run_size(size, args, rng, device)
         rows.append(row)
         print(f"\n{size}x{size}: B={row['B']} T={row['T']} D={row['D']} {row['dtype']}: {row['anchors_per_clip']} "
               f"anchors x {row['contrast_per_clip']} contrast per clip; one einsum pass = "
-              f"{row['einsum_pass_tflop']:.3f} TFLOP, measured alone {row['einsum_pass_s'] * 1e3:.1f} ms")
+              f"{row['einsum_pass_tflop']:.4f} TFLOP, measured alone {row['einsum_pass_s'] * 1e3:.1f} ms "
+              f"(process CPU {row['einsum_pass_cpu_s'] * 1e3:.1f} ms)")
         for impl in args.impl.split(","):
             r = row[impl]
             if "skipped" in r:
-                print(f"  {impl:5s}: skipped ({r['skipped']})")
+                print(f"  {impl:6s}: skipped ({r['skipped']})")
                 continue
             extra = f", {r['vs_peak_roofline']:.2f}x the peak roofline" if "vs_peak_roofline" in r else ""
             dev = f", device peak {r['device_peak_gib']:.2f} GiB" if "device_peak_gib" in r else ""
-            print(f"  {impl:5s}: fwd+bwd {r['step_s'] * 1e3:.1f} ms, {r['tflop']:.3f} TFLOP -> "
-                  f"{r['achieved_tflops']:.3f} TFLOP/s, {r['vs_einsum_roofline']:.2f}x the measured-einsum "
-                  f"roofline{extra}; temporaries {r['temp_gib']:.3f} GiB{dev}")
+            print(f"  {impl:6s}: fwd+bwd {r['step_s'] * 1e3:.1f} ms (process CPU {r['step_cpu_s'] * 1e3:.1f} ms), "
+                  f"{r['tflop']:.4f} TFLOP -> {r['achieved_tflops']:.4f} TFLOP/s, {r['vs_einsum_roofline']:.2f}x "
+                  f"the measured-einsum roofline (CPU time: {r['vs_einsum_roofline_cpu_time']:.2f}x){extra}; "
+                  f"temporaries {r['temp_gib']:.3f} GiB{dev}")
         f = row["positive_tiles"]
         print(f"  label-sorted: tile pairs holding a positive pair {f['per_clip_mean']:.1%} per clip (max "
               f"{f['per_clip_max']:.1%}); the batched positive pass visits {f['visited']:.1%} -> einsum work "

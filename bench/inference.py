@@ -9,8 +9,9 @@ One HF `UperNetForSemanticSegmentation` (Swin backbone, random weights, no downl
 at test time) is converted with `stcl_jax.convert.from_hf_upernet`, so both frameworks run the same network.
 JAX: `stcl_jax.evaluation.inference.Predictor` (compiled once per frame size, data-parallel over local devices).
 PyTorch: the same mmseg slide / multi-scale + flip procedure written in torch (eager, autocast to --dtype), on
-cuda:0 when present. Reported per setting: frames/s after warm-up, the first call's time (JAX: includes
-compilation), and the fraction of pixels where the two frameworks predict the same class.
+cuda:0 when present. Reported per setting: frames/s after warm-up, the process CPU seconds per frame (the stable
+figure on a shared CPU), the first call's time (JAX: includes compilation), and the fraction of pixels where the
+two frameworks predict the same class.
 """
 
 import argparse
@@ -47,8 +48,10 @@ def parse_args(argv=None):
     p.add_argument("--window-batch", type=int, default=4, help="sliding windows per model call")
     p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
     p.add_argument("--decoder-channels", type=int, default=512)
-    p.add_argument("--settings", default="single,tta", help="which of single,tta to run")
+    p.add_argument("--settings", default="single,tta", help="which of single,tta to run (\"\" = none)")
     p.add_argument("--torch", default="on", choices=["on", "off"])
+    p.add_argument("--score-frames", type=int, default=64,
+                   help="frames of one video scored by metrics.VSPWEvaluator (mIoU + VC8/16) to time it; 0 = skip")
     p.add_argument("--json", default="")
     return p.parse_args(argv)
 
@@ -113,14 +116,36 @@ def torch_predictor(model, args, scales, flip):
     return run
 
 
+# ------------------------------------------------------------------------------------------------------- scoring
+def time_scoring(args) -> dict:
+    """frames/s of VSPWEvaluator.add_video (confusion matrix + VC8 + VC16 on device) on one video of masks."""
+    from stcl_jax.evaluation import metrics
+
+    rng = np.random.default_rng(1)
+    f, h, w = args.score_frames, args.height, args.width
+    blocks = rng.choice(np.r_[0:125, 255], size=(1, h // 16 + 1, w // 16 + 1)).astype(np.uint8)
+    gt = np.repeat(np.repeat(np.repeat(blocks, f, 0), 16, 1), 16, 2)[:, :h, :w].copy()
+    gt[rng.random(gt.shape) < 0.01] = 7
+    pred = np.where((gt == 0) | (gt == 255), 0, gt.astype(np.int16) - 1).astype(np.uint8)
+    pred[rng.random(gt.shape) < 0.05] = 3
+    ev = metrics.VSPWEvaluator()
+    ev.add_video("warm-up", gt, pred)  # compiles
+    t0, c0 = time.perf_counter(), time.process_time()
+    ev.add_video("timed", gt, pred)
+    result = ev.result()
+    wall, cpu = time.perf_counter() - t0, time.process_time() - c0
+    return {"score_frames_per_s": f / wall, "score_cpu_s_per_frame": cpu / f, "score_check_miou": result["miou"]}
+
+
 # ------------------------------------------------------------------------------------------------------- timing
 def time_predictor(predict, frames, batch):
     t0 = time.perf_counter()
     predict(frames[:batch])  # warm-up (JAX: compilation)
     first = time.perf_counter() - t0
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     labels = np.concatenate([predict(frames[s:s + batch]) for s in range(0, len(frames), batch)])
-    return labels, len(frames) / (time.perf_counter() - t0), first
+    wall, cpu = time.perf_counter() - t0, time.process_time() - c0
+    return labels, len(frames) / wall, first, cpu / len(frames)
 
 
 def main(argv=None):
@@ -139,31 +164,39 @@ def main(argv=None):
     batch = max(args.batch_size, jax.local_device_count())
     settings = {"single": ("single scale", (1.0,), False),
                 "tta": (f"TTA {len(args.scales)} scales + flip", tuple(args.scales), True)}
-    settings = [settings[k] for k in args.settings.split(",")]
+    settings = [settings[k] for k in args.settings.split(",") if k]
     rows = []
     for name, scales, flip in settings:
         pred = inference.Predictor(members, mode="slide", crop=(args.crop, args.crop),
                                    stride=(args.stride, args.stride), scales=scales, flip=flip, batch_size=batch,
                                    window_batch=args.window_batch)
-        jax_labels, jax_fps, jax_first = time_predictor(pred, frames, pred.batch_size)
-        row = {"setting": name, "jax_frames_per_s": jax_fps, "jax_first_call_s": jax_first}
+        jax_labels, jax_fps, jax_first, jax_cpu = time_predictor(pred, frames, pred.batch_size)
+        row = {"setting": name, "jax_frames_per_s": jax_fps, "jax_first_call_s": jax_first,
+               "jax_cpu_s_per_frame": jax_cpu}
         if args.torch == "on":
-            torch_labels, torch_fps, torch_first = time_predictor(torch_predictor(hf, args, scales, flip), frames,
-                                                                  batch)
-            row.update(torch_frames_per_s=torch_fps, torch_first_call_s=torch_first,
+            torch_labels, torch_fps, torch_first, torch_cpu = time_predictor(
+                torch_predictor(hf, args, scales, flip), frames, batch)
+            row.update(torch_frames_per_s=torch_fps, torch_first_call_s=torch_first, torch_cpu_s_per_frame=torch_cpu,
                        speedup=jax_fps / torch_fps, agreement=float((jax_labels == torch_labels).mean()))
         rows.append(row)
         print(json.dumps(row), flush=True)
+    if args.score_frames > 0:
+        rows.append({"setting": "scoring", **time_scoring(args)})
+        print(json.dumps(rows[-1]), flush=True)
     info = {"device": jax.devices()[0].device_kind, "devices": jax.local_device_count(), "args": vars(args),
             "windows_per_frame_at_1x": len(inference.window_grid((args.height, args.width), (args.crop,) * 2,
                                                                  (args.stride,) * 2)), "results": rows}
     print(f"\n{info['device']} x{info['devices']}, Swin-{args.size}, {args.height}x{args.width}, crop {args.crop}, "
           f"stride {args.stride}, {args.dtype}")
     for r in rows:
-        extra = (f" | torch {r['torch_frames_per_s']:.3f} frames/s | JAX/torch {r['speedup']:.2f}x | "
-                 f"agreement {100 * r['agreement']:.3f}%") if "speedup" in r else ""
-        print(f"{r['setting']:<28} JAX {r['jax_frames_per_s']:.3f} frames/s (first call {r['jax_first_call_s']:.1f} s)"
-              + extra)
+        if r["setting"] == "scoring":
+            print(f"{'scoring (mIoU + VC8 + VC16)':<28} {r['score_frames_per_s']:.1f} frames/s, "
+                  f"{r['score_cpu_s_per_frame'] * 1e3:.1f} CPU ms/frame")
+            continue
+        extra = (f" | torch {r['torch_frames_per_s']:.3f} frames/s, {r['torch_cpu_s_per_frame']:.2f} CPU s/frame | "
+                 f"JAX/torch {r['speedup']:.2f}x | agreement {100 * r['agreement']:.3f}%") if "speedup" in r else ""
+        print(f"{r['setting']:<28} JAX {r['jax_frames_per_s']:.3f} frames/s, {r['jax_cpu_s_per_frame']:.2f} CPU "
+              f"s/frame (first call {r['jax_first_call_s']:.1f} s)" + extra)
     if args.json:
         with open(args.json, "w") as f:
             json.dump(info, f, indent=1)

@@ -186,6 +186,29 @@ def test_long_video_spans_several_chunks():
     assert metrics.vc_score(both, same) == pytest.approx(ref_vc([gt], [pred], 16), rel=1e-12)
 
 
+def test_sliding_all_every_width():
+    x = np.random.default_rng(4).random((40, 3)) < 0.9
+    for k in range(1, 20):
+        length = len(x) - k + 1
+        want = np.stack([x[t : t + k].all(axis=0) for t in range(length)])
+        np.testing.assert_array_equal(metrics._sliding_all(x, k, length), want, err_msg=f"k={k}")
+
+
+def test_window_counts_several_n_in_one_pass_match_single_n():
+    rng = np.random.default_rng(5)
+    gt = np.repeat(rng.integers(0, 3, (1, 5, 6)), 45, axis=0).astype(np.uint8)
+    gt[rng.random(gt.shape) < 0.01] = 9
+    pred = gt.astype(np.int64)
+    pred[rng.random(gt.shape) < 0.02] = 1
+    both = metrics.video_window_counts(gt, pred, (8, 16, 3))
+    for n in (8, 16, 3):
+        single = metrics.video_window_counts(gt, pred, n)
+        assert len(single[0]) == 45 - n
+        np.testing.assert_array_equal(both[n][0], single[0])
+        np.testing.assert_array_equal(both[n][1], single[1])
+        assert metrics.vc_score(*single) == pytest.approx(ref_vc([gt], [pred], n), rel=1e-12)
+
+
 # ------------------------------------------------------------------ several devices (subprocess: XLA_FLAGS)
 _SHARDED = textwrap.dedent("""
     import numpy as np, jax

@@ -175,41 +175,61 @@ def scores_from_confusion(cm: np.ndarray) -> dict:
 
 
 # ----------------------------------------------------------------------------------------------- video consistency
-@functools.partial(jax.jit, static_argnames=("n",))
-def _window_counts(gt, pred, n: int):
-    """For frames (W+n-1, H, W') of one video: per window start i < W, (|G & P|, |G|) as int32 (W,) each."""
-    num_windows = gt.shape[0] - n + 1
+def _sliding_all(x, k: int, length: int):
+    """r[t] = all(x[t : t + k]) for t < length (x bool (length + k - 1, ...)), by binary lifting: log2(k) ANDs."""
+    tables, width = [x], 1
+    while 2 * width <= k:
+        tables.append(tables[-1][:-width] & tables[-1][width:])
+        width *= 2
+    result, offset = None, 0
+    for j in reversed(range(len(tables))):
+        if k & (1 << j):
+            piece = tables[j][offset : offset + length]
+            result = piece if result is None else result & piece
+            offset += 1 << j
+    return result
 
-    def changes(x):  # number of value changes up to each frame, per pixel
-        step = (x[1:] != x[:-1]).astype(jnp.int32)
-        return jnp.concatenate([jnp.zeros_like(step[:1]), jnp.cumsum(step, axis=0)])
 
-    g, p = changes(gt), changes(pred)
-    g_same = g[n - 1 : n - 1 + num_windows] == g[:num_windows]
-    p_same = p[n - 1 : n - 1 + num_windows] == p[:num_windows]
-    return (g_same & p_same).sum(axis=(1, 2), dtype=jnp.int32), g_same.sum(axis=(1, 2), dtype=jnp.int32)
+@functools.partial(jax.jit, static_argnames=("windows", "length"))
+def _window_counts(gt, pred, windows: tuple, length: int):
+    """Frames (length + max(windows) - 1, H, W) of one video -> {n: (|G & P|, |G|) int32 (length,)} for the
+    windows starting at frames 0 .. length-1. A window is identical iff every consecutive pair in it is equal,
+    so G & P over a window is the AND over it of (gt equal & pred equal) between consecutive frames."""
+    g_eq = gt[1:] == gt[:-1]
+    both_eq = g_eq & (pred[1:] == pred[:-1])
+    out = {}
+    for n in windows:
+        g_same = _sliding_all(g_eq, n - 1, length)
+        both = _sliding_all(both_eq, n - 1, length)
+        out[n] = (both.sum(axis=(1, 2), dtype=jnp.int32), g_same.sum(axis=(1, 2), dtype=jnp.int32))
+    return out
 
 
-def video_window_counts(gt: np.ndarray, pred: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
+def video_window_counts(gt: np.ndarray, pred: np.ndarray, n: int | Sequence[int]):
     """VC_n window counts of one video: int64 arrays (F-n,) of |G & P| and |G| (empty when F <= n).
 
-    `gt` and `pred` are (F, H, W) integer arrays; the official protocol passes the raw masks as `gt`. Windows are
-    counted on device in chunks of a fixed number of windows, so shapes depend only on (H, W, n).
+    `gt` and `pred` are (F, H, W) integer arrays; the official protocol passes the raw masks as `gt`. With a
+    sequence of n, returns {n: (both, same)} from one pass. Windows are counted on device in chunks of a fixed
+    number of windows, so shapes depend only on (H, W, n), not on the video's length.
     """
+    windows = tuple(n) if isinstance(n, (tuple, list)) else (n,)
+    if min(windows) < 2:
+        raise ValueError(f"VC window lengths must be >= 2, got {windows}")
     gt, pred = np.asarray(gt), np.asarray(pred)
     if gt.shape != pred.shape or gt.ndim != 3:
         raise ValueError(f"gt and pred must both be (F, H, W); got {gt.shape} and {pred.shape}")
-    num_windows = gt.shape[0] - n  # the official script's range(len(frames) - n)
-    if num_windows <= 0:
-        return np.zeros(0, np.int64), np.zeros(0, np.int64)
-    both, same = [], []
-    for start in range(0, num_windows, _VC_CHUNK):
-        take = min(_VC_CHUNK, num_windows - start)
-        frames = np.arange(start, start + _VC_CHUNK + n - 1).clip(max=gt.shape[0] - 1)  # pad by repeating
-        b, s = _window_counts(gt[frames], pred[frames], n)
-        both.append(np.asarray(b)[:take])
-        same.append(np.asarray(s)[:take])
-    return np.concatenate(both).astype(np.int64), np.concatenate(same).astype(np.int64)
+    counts = {k: gt.shape[0] - k for k in windows}  # the official script's range(len(frames) - n)
+    parts = {k: ([], []) for k in windows}
+    span = _VC_CHUNK + max(windows) - 1
+    for start in range(0, max(counts.values()), _VC_CHUNK):
+        frames = np.arange(start, start + span).clip(max=gt.shape[0] - 1)  # pad by repeating the last frame
+        result = _window_counts(gt[frames], pred[frames], windows, _VC_CHUNK)
+        for k, (b, s) in result.items():
+            take = max(0, min(_VC_CHUNK, counts[k] - start))
+            parts[k][0].append(np.asarray(b)[:take])
+            parts[k][1].append(np.asarray(s)[:take])
+    out = {k: (_cat(b).astype(np.int64), _cat(s).astype(np.int64)) for k, (b, s) in parts.items()}
+    return out if isinstance(n, (tuple, list)) else out[n]
 
 
 def vc_score(both: np.ndarray, same: np.ndarray) -> float | None:
@@ -264,10 +284,9 @@ class VSPWEvaluator:
             self.confusion.update(labels[s : s + self.frames_per_update], preds[s : s + self.frames_per_update])
         vc_gt = raw_masks if self.vc_protocol == "vspw" else labels
         min_frames = max(self.windows) if self.vc_protocol == "cffm" else 0
-        for n in self.windows:
-            if len(labels) <= max(n, min_frames):
-                continue
-            both, same = video_window_counts(vc_gt, preds, n)
+        scored = tuple(n for n in self.windows if len(labels) > max(n, min_frames))
+        counts = video_window_counts(vc_gt, preds, scored) if scored else {}
+        for n, (both, same) in counts.items():
             state = self._vc[n]
             state.both.append(both)
             state.same.append(same)

@@ -32,6 +32,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from stcl_jax.losses import spatial_temporal_consistency_loss as stcl
+from stcl_jax.losses.stcl import balanced_tile  # the tile sizes the loss uses
 
 # Dense peak TFLOP/s per device for bf16 inputs (vendor datasheets, SXM parts); fp32 here means TF32 on GPUs.
 PEAK_TFLOPS = {"H100": 989.0, "H200": 989.0, "A100": 312.0}
@@ -85,7 +86,7 @@ def positive_tile_fraction(labels, anchor_tile, contrast_tile):
     b, t = labels.shape[:2]
     key = lambda x: np.sort(np.where(x == 255, np.iinfo(np.int32).max, x), axis=1)
     query, contrast = key(labels[:, 0].reshape(b, -1)), key(labels.reshape(b, -1))
-    ta, tc = min(anchor_tile, query.shape[1]), min(contrast_tile, contrast.shape[1])
+    ta, tc = balanced_tile(query.shape[1], anchor_tile), balanced_tile(contrast.shape[1], contrast_tile)
     na, nc = -(-query.shape[1] // ta), -(-contrast.shape[1] // tc)
     need = np.zeros((b, na, nc), bool)
     for g in range(b):
@@ -119,7 +120,7 @@ def einsum_pass_time(feats, args, steps):
     """One tiled einsum pass alone: anchors x contrast tiles, each reduced so XLA cannot drop it."""
     b, t, h, w, d = feats.shape
     m, n = h * w, t * h * w
-    ta, tc = min(args.anchor_tile, m), min(args.contrast_tile, n)
+    ta, tc = balanced_tile(m, args.anchor_tile), balanced_tile(n, args.contrast_tile)
     za = feats[:, 0].reshape(b, m, d)[:, :m - m % ta].reshape(b, -1, ta, d).swapaxes(0, 1)
     zc = feats.reshape(b, n, d)[:, :n - n % tc].reshape(b, -1, tc, d).swapaxes(0, 1)
 

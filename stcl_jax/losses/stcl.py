@@ -77,6 +77,15 @@ def _normalise(features, pool):
     return (f / jnp.maximum(norm, 1e-12)).astype(compute_dtype)
 
 
+def balanced_tile(length, tile):
+    """The tile size (<= `tile`, a multiple of 8 when above 8) that covers `length` in as many tiles as `tile`
+    would, with the least padding: e.g. 2304 pixels with tile 1024 -> 3 tiles of 768 rather than 3 of 1024."""
+    count = -(-length // tile)
+    size = -(-length // count)
+    rounded = size + (-size % 8)
+    return rounded if size > 8 and rounded <= tile else size
+
+
 def _pad_to(x, multiple, value):
     extra = -x.shape[1] % multiple
     if not extra:
@@ -134,8 +143,9 @@ def spatial_temporal_consistency_loss(features, labels, *, temperature=0.07, ign
         centres (`downsample_labels`); must divide h and w.
       max_anchors: keep at most this many random valid query pixels per clip as anchors (needs `key`);
         None or 0 = every valid query pixel.
-      anchor_tile, contrast_tile: tile sizes of the (B, anchor_tile, contrast_tile) score blocks; clipped to the
-        problem size. The result does not depend on them beyond float rounding.
+      anchor_tile, contrast_tile: the largest tile sizes of the (B, anchor_tile, contrast_tile) score blocks;
+        the sizes used are balanced to pad the least (`balanced_tile`). The result does not depend on them
+        beyond float rounding.
       precision: `jax.lax.Precision` of the einsums (None = backend default; on GPU fp32 may then use TF32).
       sort_by_label: sort each group's pixels by label so that the positive pass skips the tiles without a
         same-label pair (same result; fewer einsum tiles, see BENCHMARKS.md for what it saves).
@@ -170,7 +180,7 @@ def spatial_temporal_consistency_loss(features, labels, *, temperature=0.07, ign
         if sort_by_label:
             za, la, sa, zc, lc = _sort_by_label(za, la, sa, zc, lc)
         m, n = la.shape[1], lc.shape[1]
-        ta, tc = min(int(anchor_tile), m), min(int(contrast_tile), n)
+        ta, tc = balanced_tile(m, int(anchor_tile)), balanced_tile(n, int(contrast_tile))
         per_anchor, npos = tiled_contrast(_pad_to(za, ta, 0), _pad_to(la, ta, -1), _pad_to(sa, ta, -1),
                                           _pad_to(zc, tc, 0), _pad_to(lc, tc, -1), inv_tau, ta, tc, precision,
                                           bool(sort_by_label))

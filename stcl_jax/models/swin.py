@@ -48,6 +48,13 @@ def shift_attention_mask(height: int, width: int, window: int, shift: int) -> np
     return np.where(diff != 0, -100.0, 0.0).astype(np.float32)
 
 
+def drop_path_rates(depths: Sequence[int], rate: float) -> list[list[float]]:
+    """Per-stage stochastic-depth rates increasing linearly from 0 to `rate` over all blocks (mmseg / timm)."""
+    rates = np.linspace(0.0, rate, sum(depths)).tolist()
+    bounds = np.cumsum([0, *depths])
+    return [rates[a:b] for a, b in zip(bounds[:-1], bounds[1:])]
+
+
 def window_partition(x: jax.Array, window: int) -> jax.Array:
     """(B, H, W, C) -> (B, num_windows, window*window, C), windows in row-major order."""
     b, h, w, c = x.shape
@@ -225,13 +232,11 @@ class SwinTransformer(nn.Module):
     @nn.compact
     def __call__(self, images, train: bool = False):
         x = PatchEmbed(self.patch_size, self.embed_dim, self.dtype, name="patch_embed")(images.astype(self.dtype))
-        rates = np.linspace(0.0, self.drop_path_rate, sum(self.depths))  # linearly increasing, as mmseg/timm
-        outs, start = [], 0
-        for i, (depth, heads) in enumerate(zip(self.depths, self.num_heads)):
-            stage = SwinStage(depth, heads, self.window_size, tuple(rates[start:start + depth].tolist()),
-                              i < len(self.depths) - 1, self.mlp_ratio, self.qkv_bias, self.remat, self.dtype,
-                              name=f"layers_{i}")
+        outs = []
+        for i, (depth, heads, rates) in enumerate(
+                zip(self.depths, self.num_heads, drop_path_rates(self.depths, self.drop_path_rate))):
+            stage = SwinStage(depth, heads, self.window_size, tuple(rates), i < len(self.depths) - 1,
+                              self.mlp_ratio, self.qkv_bias, self.remat, self.dtype, name=f"layers_{i}")
             y, x = stage(x, not train)
-            start += depth
             outs.append(nn.LayerNorm(LN_EPS, dtype=self.dtype, name=f"norm{i}")(y))
         return outs

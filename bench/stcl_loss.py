@@ -55,6 +55,7 @@ def parse_args(argv=None):
     p.add_argument("--steps", type=int, default=5, help="timed steps")
     p.add_argument("--dense_limit_gib", type=float, default=8.0, help="skip dense above this (non-GPU backends)")
     p.add_argument("--peak_tflops", type=float, default=0.0, help="device peak; 0 = from the device name")
+    p.add_argument("--compile_only", action="store_true", help="compile and report memory, run nothing")
     p.add_argument("--stats_only", action="store_true", help="only the label-sorted tile statistics (no JAX)")
     p.add_argument("--json", default="", help="write the results here")
     return p.parse_args(argv)
@@ -149,12 +150,17 @@ def run_size(size, args, rng, device):
     b, t, d = args.batch, args.frames, args.dim
     m, n = size * size, t * size * size
     labels = jnp.asarray(blob_labels(rng, b, t, size, args.classes, args.blob, args.ignore))
-    feats = jax.random.normal(jax.random.PRNGKey(size), (b, t, size, size, d), jnp.dtype(args.dtype))
+    shape, dtype = (b, t, size, size, d), jnp.dtype(args.dtype)
+    feats = (jax.ShapeDtypeStruct(shape, dtype) if args.compile_only  # abstract: nothing is allocated
+             else jax.random.normal(jax.random.PRNGKey(size), shape, dtype))
     pass_flops = 2.0 * b * m * n * d
     peak = peak_tflops(args, device)
     row = {"size": size, "B": b, "T": t, "D": d, "dtype": args.dtype, "anchors_per_clip": m,
            "contrast_per_clip": n, "einsum_pass_tflop": pass_flops / 1e12}
-    pass_s, pass_cpu = einsum_pass_time(feats, args, args.steps)
+    if args.compile_only:
+        pass_s = pass_cpu = float("nan")
+    else:
+        pass_s, pass_cpu = einsum_pass_time(feats, args, args.steps)
     row["einsum_pass_s"], row["einsum_pass_cpu_s"] = pass_s, pass_cpu
     per_clip, visited = positive_tile_fraction(np.asarray(labels), args.anchor_tile, args.contrast_tile)
     row["positive_tiles"] = {"per_clip_mean": float(per_clip.mean()), "per_clip_max": float(per_clip.max()),
@@ -169,7 +175,9 @@ def run_size(size, args, rng, device):
         stats = device.memory_stats() or {}
         limit = stats.get("bytes_limit", args.dense_limit_gib * 2**30)
         res = {"temp_gib": temp / 2**30, "tflop": passes * pass_flops / 1e12}
-        if impl == "dense" and temp > 0.9 * limit:
+        if args.compile_only:
+            res["skipped"] = f"--compile_only: temporaries {temp / 2**30:.3f} GiB"
+        elif impl == "dense" and temp > 0.9 * limit:
             res["skipped"] = f"needs {temp / 2**30:.1f} GiB of temporaries, limit {limit / 2**30:.1f} GiB"
         else:
             cpu = []

@@ -130,6 +130,22 @@ def test_stable_at_small_temperature():
     assert 0.1 < loss < 100
 
 
+def test_zero_feature_vectors_keep_finite_gradients():
+    """A ReLU projection head can emit all-zero vectors: their cosines are 0 and no gradient is NaN."""
+    feats, labels = _case(22, 2, 2, 5, 5, 6, 3, 0.2)
+    feats[0, 0, 1, 1] = 0.0
+    feats[1, 1, 2, :] = 0.0
+    zero = np.all(feats == 0.0, axis=-1)
+    ref_loss, ref_grad = reference_stcl(feats, labels, 0.07)
+    loss, grad = _loss_and_grad(feats, labels, anchor_tile=8, contrast_tile=16)
+    assert np.isfinite(grad).all()
+    np.testing.assert_allclose(loss, ref_loss, rtol=2e-5)
+    # Elsewhere the usual tolerance; at the zero vectors both give dL/dz / eps (x / max(|x|, eps) at x = 0).
+    rest, at_zero = ref_grad[~zero], ref_grad[zero]
+    np.testing.assert_allclose(grad[~zero], rest, rtol=1e-4, atol=1e-4 * np.abs(rest).max())
+    np.testing.assert_allclose(grad[zero], at_zero, rtol=1e-3, atol=1e-3 * np.abs(at_zero).max())
+
+
 def test_all_ignored_gives_zero_and_finite_zero_gradient():
     feats, labels = _case(12, 2, 2, 5, 5, 6, 3, 0.0)
     labels[:] = 255

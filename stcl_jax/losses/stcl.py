@@ -73,8 +73,10 @@ def _normalise(features, pool):
     if pool > 1:
         b, t, h, w, d = f.shape
         f = f.reshape(b, t, h // pool, pool, w // pool, pool, d).mean(axis=(3, 5))
-    norm = jnp.sqrt(jnp.sum(f * f, axis=-1, keepdims=True))
-    return (f / jnp.maximum(norm, 1e-12)).astype(compute_dtype)
+    # f / max(|f|, 1e-12) without a sqrt at 0: an all-zero vector (a ReLU head can emit one) keeps a finite,
+    # zero gradient instead of 0 * inf = NaN.
+    inv_norm = jax.lax.rsqrt(jnp.maximum(jnp.sum(f * f, axis=-1, keepdims=True), 1e-24))
+    return (f * inv_norm).astype(compute_dtype)
 
 
 def balanced_tile(length, tile):

@@ -193,7 +193,10 @@ _SHARDED = textwrap.dedent("""
     v = t.tiny_variables(7)
     frames = np.random.default_rng(7).integers(0, 256, size=(11, 18, 24, 3), dtype=np.uint8)
     kw = dict(mode="slide", crop=(16, 16), stride=(10, 10), flip=True)
-    many = inference.Predictor([(t.conv_apply, v)], batch_size=8, **kw)(frames)
+    predictor = inference.Predictor([(t.conv_apply, v)], batch_size=8, **kw)
+    many = predictor(frames)
+    hlo = predictor._run.lower(predictor._variables, jax.device_put(frames[:8], predictor._data)).compile().as_text()
+    assert not any(op in hlo for op in ("all-gather", "all-reduce", "all_gather", "all_reduce")), "cross-device traffic"
     one = inference.Predictor([(t.conv_apply, v)], devices=jax.local_devices()[:1], **kw)(frames)
     np.testing.assert_array_equal(many, one)
     print("OK")

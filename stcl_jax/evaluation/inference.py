@@ -18,7 +18,7 @@ Generic over `apply_fn(variables, images) -> logits`: images (B, h, w, 3) normal
 at input resolution. `segmenter_apply(model)` adapts a `stcl_jax.models.build_segmenter` module.
 
 Data parallel: `Predictor` splits each batch of frames over the local devices (one mesh axis "data", variables
-replicated). With several processes each process runs its own videos (see `shard_for_process`) and the metrics
+replicated, `jax.shard_map` so each device works on its own frames alone). With several processes each process runs its own videos (see `shard_for_process`) and the metrics
 are reduced across processes once, so no process waits for another during inference.
 """
 
@@ -189,7 +189,11 @@ class Predictor:
                 return tuple(postprocess(probs))
             return (jnp.argmax(probs, axis=-1).astype(jnp.uint8),)
 
-        self._run = jax.jit(run, out_shardings=self._data)
+        # shard_map: each device segments its own frames with no cross-device traffic (under plain jit the
+        # partitioner would have to reshard the window batches that mix frames of several devices).
+        per_device = jax.shard_map(run, mesh=self.mesh, in_specs=(P(), P("data")), out_specs=P("data"),
+                                   check_vma=False)
+        self._run = jax.jit(per_device)
 
     def __call__(self, frames: np.ndarray):
         frames = np.asarray(frames)

@@ -17,9 +17,9 @@ Backward, one more sweep over all tiles (the negative terms reach every tile), w
   dz_a = G z_c / tau, dz_c = G^T z_a / tau, accumulated tile by tile.
 Only (B, anchor_tile, contrast_tile) score blocks ever exist; the residuals are O(M) per group.
 
-Labels are int32 with -1 = not valid; `anchor_self` gives each anchor's own index in the contrast set (or -1).
+Labels are int32 with -1 = not valid; `sa` gives each anchor's own index in the contrast set (or -1).
 Scores are accumulated in float32 whatever the input dtype (bf16 inputs use a bf16 einsum with fp32 output).
-The batch axis B stays the leading axis of every op, so a batch-sharded input is computed without communication.
+Every op is batched over B and never mixes groups, so a batch-sharded input is computed without communication.
 """
 
 from __future__ import annotations

@@ -75,6 +75,26 @@ def test_official_and_timm_layouts_equal_hf(hf_swin_state):
     jax.tree.map(np.testing.assert_array_equal, got_old, ref)
 
 
+def test_mmseg_layout_equals_hf_upernet(hf_swin_state):
+    """mmseg / Swin-Transformer-Semantic-Segmentation checkpoints: official backbone names + mmseg head names."""
+    torch.manual_seed(0)
+    cfg = transformers.UperNetConfig(backbone_config=tiny_swin_config(), hidden_size=16, auxiliary_channels=8,
+                                     num_labels=4)
+    hf = {k: v.numpy() for k, v in transformers.UperNetForSemanticSegmentation(cfg).state_dict().items()}
+    backbone = official_from_hf({k[len("backbone.swin."):]: v for k, v in hf.items()
+                                 if k.startswith("backbone.swin.")})
+    mmseg = {f"backbone.{k}": v for k, v in backbone.items() if not k.startswith(("norm.", "head."))}
+    for k, v in hf.items():
+        if k.startswith("backbone.hidden_states_norms.stage"):
+            mmseg[f"backbone.norm{int(k.split('stage')[1][0]) - 1}.{k.rsplit('.', 1)[1]}"] = v
+        elif k.startswith(("decode_head.", "auxiliary_head.")):
+            mmseg[k.replace("batch_norm", "bn").replace("classifier", "conv_seg")] = v
+    a, cfg_a = convert.from_hf_upernet(hf)
+    b, cfg_b = convert.from_mmseg_upernet({"state_dict": mmseg, "meta": {"epoch": 3}})
+    assert cfg_a == cfg_b
+    jax.tree.map(np.testing.assert_array_equal, a, b)
+
+
 def test_bias_table_resize_matches_torch_bicubic():
     rng = np.random.RandomState(0)
     for src, dst in [(7, 12), (12, 7), (3, 5)]:

@@ -1,4 +1,4 @@
-"""CLI: convert a PyTorch checkpoint into a params-only stcl_jax model directory (Orbax + model_config.json).
+r"""CLI: convert a PyTorch checkpoint into a params-only stcl_jax model directory (Orbax + model_config.json).
 
     python -m stcl_jax.convert --from hf-upernet --input upernet-swin-large/ --output /ckpt/upernet_swin_l
     python -m stcl_jax.convert --from swin-official --input swin_large_patch4_window12_384_22k.pth \

@@ -392,6 +392,11 @@ def main(argv=None) -> int:
     except (KeyError, ValueError, TypeError, AttributeError, FileNotFoundError) as e:
         print(f"python -m stcl_jax.sweep: error: {e.args[0] if e.args else e}", file=sys.stderr)
         return 2
+    if a.launcher == "local" and not a.dry_run:  # the training progress lines, as `python -m stcl_jax.train`
+        import logging
+
+        logging.basicConfig(level=logging.INFO, stream=sys.stdout, format="%(asctime)s %(levelname)s %(message)s",
+                            force=True)
     try:
         launch(runs, base, a.config, a.sweep, a.workdir_root, launcher=a.launcher, dry_run=a.dry_run)
     except subprocess.CalledProcessError as e:

@@ -229,6 +229,9 @@ def _train_local(base, run: dict, out) -> None:
 
 
 def _to_float(v):
+    """JSON-friendly: scalars as float, arrays as lists, the rest unchanged."""
+    if hasattr(v, "tolist") and getattr(v, "ndim", 0) > 0:
+        return v.tolist()
     try:
         return float(v)
     except (TypeError, ValueError):

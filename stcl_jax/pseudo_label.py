@@ -166,11 +166,11 @@ def write_report(output: str, threshold: float) -> dict:
             predicted = p if predicted is None else predicted + p
             kept = k if kept is None else kept + k
             frames += 1
+    if predicted is None:
+        raise ValueError(f"{output}: no frame was labelled (empty split, or --only-unlabelled with none)")
     videos = [v for v in videos if os.path.isdir(os.path.join(output, "layout", "data", v, "mask"))]
     with open(os.path.join(output, "layout", "extra.txt"), "w", encoding="utf-8") as f:
         f.write("".join(v + "\n" for v in videos))
-    if predicted is None:
-        raise ValueError(f"{output}: no frame was labelled (empty split, or --only-unlabelled with none)")
     names = list(vspw.CLASS_NAMES) + [f"class_{c}" for c in range(len(vspw.CLASS_NAMES), len(predicted))]
     per_class = [{"id": c, "name": names[c], "predicted_pixels": int(predicted[c]), "kept_pixels": int(kept[c]),
                   "kept_fraction": float(kept[c] / predicted[c]) if predicted[c] else None}

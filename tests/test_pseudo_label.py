@@ -149,3 +149,6 @@ def test_bad_inputs_fail_clearly(tmp_path):
         pl.make_teacher([], threshold=1.5)
     with pytest.raises(FileNotFoundError, match="neither a params-only export"):
         pl.load_member(str(tmp_path))
+    os.makedirs(tmp_path / "out" / "stats")
+    with pytest.raises(ValueError, match="no frame was labelled"):
+        pl.write_report(str(tmp_path / "out"), 0.5)

@@ -28,6 +28,9 @@ iterations; global batch 16 clips; random resize 0.5-2.0, crop 768x768, horizont
   ignore_index      label value that no loss or metric counts.
   worker_count      grain worker processes (0 = in the main process).
   prefetch_buffer   grain per-worker buffer size.
+  read_threads      threads per process producing batches.
+  pseudo_dir, pseudo_split, pseudo_ratio   a build holding pseudo-labelled records and the share of clips
+                    drawn from it (0 = none; see stcl_jax.pseudo_label).
 """
 
 import ml_collections
@@ -61,6 +64,10 @@ def base_config() -> ml_collections.ConfigDict:
     c.data.ignore_index = 255
     c.data.worker_count = 4
     c.data.prefetch_buffer = 2
+    c.data.read_threads = 2
+    c.data.pseudo_dir = ""
+    c.data.pseudo_split = "extra"
+    c.data.pseudo_ratio = 0.0
 
     c.optim = ml_collections.ConfigDict()
     c.optim.learning_rate = 7e-5
@@ -93,8 +100,9 @@ def base_config() -> ml_collections.ConfigDict:
     c.log_every_steps = 50
     c.checkpoint_every_steps = 1_000
     c.keep_checkpoints = 3
-    c.eval_every_steps = 4_000        # 0 = only at the end; evaluation needs stcl_jax.evaluation
+    c.eval_every_steps = 4_000        # 0 = never during training; evaluation needs stcl_jax.evaluation
     c.eval = ml_collections.ConfigDict()
+    c.eval.at_end = True              # validation after the last step
     c.eval.mode = "slide"
     c.eval.crop = (768, 768)
     c.eval.stride = (512, 512)

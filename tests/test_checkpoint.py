@@ -1,5 +1,6 @@
 """Checkpoints: state + grain iterator round trip, keep-K, a SIGKILL in the middle of a save, SIGTERM, init_from."""
 
+import json
 import os
 import signal
 import subprocess
@@ -138,3 +139,27 @@ def test_merge_pretrained_reports_missing_unused_and_mismatched():
     np.testing.assert_array_equal(new.params["backbone"]["w"], np.ones((2, 3)))
     np.testing.assert_array_equal(new.params["backbone"]["b"], np.zeros(3))
     np.testing.assert_array_equal(new.batch_stats["bn"]["mean"], np.full(4, 2.0))
+
+
+def test_init_from_reads_a_params_only_export(tmp_path):
+    """The loop's `config.init_from` path: models.io.save_variables -> load_variables -> merge_pretrained."""
+    from stcl_jax.models import model_config
+    from stcl_jax.models.io import save_variables
+    from stcl_jax.training import loop
+
+    params = {"backbone": {"w": jnp.zeros((2, 3))}, "head": {"w": jnp.zeros((3, 4))}}
+    tx = optax.adamw(1e-3)
+    state = state_lib.TrainState(step=jnp.int32(0), params=params, batch_stats={}, opt_state=tx.init(params),
+                                 rng=jax.random.PRNGKey(0))
+    shardings = mesh_lib.state_shardings(jax.eval_shape(lambda: state), mesh_lib.make_mesh())
+    export = str(tmp_path / "export")
+    save_variables(export, {"params": {"backbone": {"w": np.full((2, 3), 3.0, np.float32)},
+                                       "other": {"w": np.ones(2, np.float32)}}}, model_config("micro"))
+    new = loop._init_from(export, state, tx, shardings, str(tmp_path))
+    np.testing.assert_array_equal(new.params["backbone"]["w"], np.full((2, 3), 3.0))
+    with open(tmp_path / "init_from_report.json") as f:
+        report = json.load(f)
+    assert report["missing"] == ["params/head/w"] and report["unused"] == ["params/other/w"]
+    save_variables(export, {"params": {"x": np.ones(2, np.float32)}}, model_config("micro"))
+    with pytest.raises(ValueError, match="none of its 1 arrays"):
+        loop._init_from(export, state, tx, shardings, str(tmp_path))

@@ -18,6 +18,8 @@ import grain
 import jax
 import orbax.checkpoint as ocp
 
+log = logging.getLogger("stcl_jax.train")
+
 
 class Checkpointer:
     """Saves and restores {"state": TrainState pytree, "data_iter": grain iterator} every N steps, keeping K."""
@@ -46,7 +48,7 @@ class Checkpointer:
                                   data_iter=grain.checkpoint.CheckpointSave(data_iter))
         saved = self.manager.save(step, args=args, force=force)
         if saved:
-            logging.info("checkpoint: saving step %d to %s", step, self.directory)
+            log.info("checkpoint: saving step %d to %s", step, self.directory)
         return saved
 
     def restore(self, step: int, abstract_state, data_iter):
@@ -63,7 +65,7 @@ class Checkpointer:
                 f"could not restore checkpoint step {step} from {self.directory}: {e}\nThe checkpoint was probably "
                 "written with another model/optimizer config; use a fresh --workdir or the config it was "
                 "trained with (saved as config.json in the workdir).") from e
-        logging.info("checkpoint: restored step %d from %s", step, self.directory)
+        log.info("checkpoint: restored step %d from %s", step, self.directory)
         return restored["state"]
 
     def wait_until_finished(self):
@@ -94,7 +96,7 @@ class PreemptionWatcher:
 
     def _handler(self, signum, frame):
         del frame
-        logging.warning("received signal %d: will save a checkpoint and stop after the current step", signum)
+        log.warning("received signal %d: will save a checkpoint and stop after the current step", signum)
         self.signalled = True
 
     def preempted(self, step: int) -> bool:

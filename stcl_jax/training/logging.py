@@ -9,11 +9,19 @@ import json
 import logging
 import math
 import os
+import sys
 import time
 
 import jax
 
 log = logging.getLogger("stcl_jax.train")
+
+
+def setup_logging():
+    """INFO lines of stcl_jax on stdout with a timestamp; other libraries (Orbax, absl) at WARNING."""
+    logging.basicConfig(level=logging.WARNING, stream=sys.stdout, format="%(asctime)s %(levelname)s %(message)s",
+                        force=True)
+    logging.getLogger("stcl_jax").setLevel(logging.INFO)
 
 
 class MetricWriter:
@@ -31,7 +39,7 @@ class MetricWriter:
             self._jsonl = open(os.path.join(workdir, "metrics.jsonl"), "a", encoding="utf-8")
 
     def write(self, step: int, scalars: dict):
-        if not self.enabled:
+        if not self.enabled or not scalars:
             return
         clean = {k: float(v) for k, v in scalars.items()}
         for k, v in clean.items():

@@ -13,6 +13,8 @@ import jax
 import numpy as np
 from jax.sharding import NamedSharding, PartitionSpec as P
 
+log = logging.getLogger("stcl_jax.train")
+
 DATA_AXIS = "data"
 
 # Environment variables that mean "this job has several processes" (SLURM, Open MPI, explicit JAX settings).
@@ -51,7 +53,7 @@ def initialize_distributed(mode: str = "auto", coordinator_address: str = "", nu
     jax.distributed.initialize(coordinator_address=address or None,
                                num_processes=num_processes if num_processes > 0 else None,
                                process_id=process_id if process_id >= 0 else None)
-    logging.info("jax.distributed: process %d of %d, %d local / %d global devices", jax.process_index(),
+    log.info("jax.distributed: process %d of %d, %d local / %d global devices", jax.process_index(),
                  jax.process_count(), jax.local_device_count(), jax.device_count())
     return True
 

@@ -16,6 +16,8 @@ import numpy as np
 from stcl_jax.training import mesh as mesh_lib
 from stcl_jax.training.optim import path_str
 
+log = logging.getLogger("stcl_jax.train")
+
 
 @flax.struct.dataclass
 class TrainState:
@@ -93,9 +95,9 @@ def merge_pretrained(state: TrainState, loaded: dict, tx, shardings, source: str
         report["unused"].extend(f"{group}/{k}" for k in sorted(set(theirs) - seen))
     opt_state = jax.jit(tx.init, out_shardings=shardings.opt_state)(merged["params"])
     new = state.replace(params=merged["params"], batch_stats=merged["batch_stats"], opt_state=opt_state)
-    logging.info("init_from %s: %d leaves loaded, %d missing, %d unused, %d shape mismatches", source,
+    log.info("init_from %s: %d leaves loaded, %d missing, %d unused, %d shape mismatches", source,
                  len(report["loaded"]), len(report["missing"]), len(report["unused"]), len(report["mismatched"]))
     for kind in ("missing", "unused", "mismatched"):
         for item in report[kind]:
-            logging.warning("init_from %s: %s %s", source, kind, item)
+            log.warning("init_from %s: %s %s", source, kind, item)
     return new, report

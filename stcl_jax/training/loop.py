@@ -1,0 +1,305 @@
+"""The training loop: `train_and_evaluate(config, workdir)`.
+
+Stages: data -> mesh, model, optimizer -> state (restored from the newest checkpoint, else initialised, else
+`config.init_from`) -> one train step compiled once (memory use logged) -> the loop (metrics fetched one step
+late, progress line, TensorBoard + JSONL, NaN/inf stop, async checkpoints, SIGTERM save-and-exit) -> final
+checkpoint and validation mIoU.
+
+Loss per step (clips of T frames, frame 0 the query): 1.0 CE(logits) + 0.4 CE(aux_logits) over every frame,
++ 0.2 STCL(embeddings of the clip, labels taken at the embedding stride by `downsample_labels`).
+"""
+
+import json
+import logging
+import os
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from stcl_jax import losses
+from stcl_jax.models import build_segmenter
+from stcl_jax.training import checkpoint as ckpt_lib
+from stcl_jax.training import logging as log_lib
+from stcl_jax.training import mesh as mesh_lib
+from stcl_jax.training import state as state_lib
+from stcl_jax.training.optim import make_optimizer
+
+log = logging.getLogger("stcl_jax.train")
+
+
+# ------------------------------------------------------------------------------------------------- train step
+def make_train_step(model, tx, schedule, config):
+    """step(state, batch) -> (state, metrics); batch = {"image": (B, T, H, W, 3), "label": (B, T, H, W)}."""
+    lc = config.loss
+    ignore = config.data.ignore_index
+
+    def loss_fn(params, batch_stats, batch, rng):
+        images, labels = batch["image"], batch["label"]
+        b, t, h, w = labels.shape
+        k_dropout, k_drop_path, k_anchors = jax.random.split(rng, 3)
+        out, updates = model.apply({"params": params, "batch_stats": batch_stats},
+                                   images.reshape(b * t, h, w, images.shape[-1]), train=True,
+                                   rngs={"dropout": k_dropout, "drop_path": k_drop_path}, mutable=["batch_stats"])
+        flat = labels.reshape(b * t, h, w)
+        terms = {"ce": losses.cross_entropy(out["logits"], flat, ignore_index=ignore),
+                 "aux": losses.cross_entropy(out["aux_logits"], flat, ignore_index=ignore)}
+        total = lc.ce_weight * terms["ce"] + lc.aux_weight * terms["aux"]
+        if lc.stcl_weight:
+            emb = out["embeddings"]
+            emb = emb.reshape(b, t, *emb.shape[1:])
+            small = losses.downsample_labels(labels, emb.shape[2:4], ignore_index=ignore)
+            max_anchors = lc.stcl_max_anchors or None
+            terms["stcl"] = losses.spatial_temporal_consistency_loss(
+                emb, small, temperature=lc.temperature, ignore_index=ignore, contrast_scope=lc.contrast_scope,
+                pool=lc.stcl_pool, max_anchors=max_anchors, key=k_anchors if max_anchors else None)
+            total = total + lc.stcl_weight * terms["stcl"]
+        return total, (terms, updates.get("batch_stats", batch_stats))
+
+    def step(state, batch):
+        rng = jax.random.fold_in(state.rng, state.step)
+        grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
+        (loss, (terms, batch_stats)), grads = grad_fn(state.params, state.batch_stats, batch, rng)
+        updates, opt_state = tx.update(grads, state.opt_state, state.params)
+        params = optax.apply_updates(state.params, updates)
+        metrics = {"loss": loss, **terms, "lr": schedule(state.step), "grad_norm": optax.global_norm(grads)}
+        new = state.replace(step=state.step + 1, params=params, batch_stats=batch_stats, opt_state=opt_state)
+        return new, metrics
+
+    return step
+
+
+def compile_train_step(step_fn, abstract_state, state_shardings, batch_shapes, mesh):
+    """AOT-compiles the step once for these shapes/shardings (state donated) and logs its memory use."""
+    batch_sharding = mesh_lib.batch_sharding(mesh)
+    abstract_batch = {k: jax.ShapeDtypeStruct(s, d, sharding=batch_sharding) for k, (s, d) in batch_shapes.items()}
+    jitted = jax.jit(step_fn, in_shardings=(state_shardings, {k: batch_sharding for k in batch_shapes}),
+                     out_shardings=(state_shardings, mesh_lib.replicated(mesh)), donate_argnums=0)
+    t0 = time.perf_counter()
+    compiled = jitted.lower(ckpt_lib.abstract_with_shardings(abstract_state, state_shardings),
+                            abstract_batch).compile()
+    log.info("train step compiled in %.1f s", time.perf_counter() - t0)
+    log_memory(compiled)
+    return compiled
+
+
+def log_memory(compiled) -> dict:
+    """Logs (and returns, in bytes per device) the compiled step's memory analysis, where the backend has one."""
+    try:
+        m = compiled.memory_analysis()
+    except Exception:  # not every backend implements it
+        m = None
+    if m is None:
+        log.info("train step memory analysis: not available on this backend")
+        return {}
+    fields = ("argument_size_in_bytes", "output_size_in_bytes", "alias_size_in_bytes", "temp_size_in_bytes",
+              "generated_code_size_in_bytes")
+    sizes = {f: int(getattr(m, f, 0) or 0) for f in fields}
+    peak = sizes["argument_size_in_bytes"] + sizes["output_size_in_bytes"] - sizes["alias_size_in_bytes"] + \
+        sizes["temp_size_in_bytes"]
+    sizes["peak_estimate_bytes"] = peak
+    log.info("train step memory per device: arguments %.1f MiB, outputs %.1f MiB (aliased %.1f MiB), temporaries "
+             "%.1f MiB, peak estimate %.1f MiB", *(sizes[f] / 2 ** 20 for f in fields[:4]), peak / 2 ** 20)
+    return sizes
+
+
+# ------------------------------------------------------------------------------------------------------- data
+def prepare_data(config, workdir):
+    """The config with `data.dir` set: given, or (configs with a `synthetic` block) generated in the workdir."""
+    if config.data.dir:
+        if not os.path.isdir(config.data.dir):
+            raise FileNotFoundError(f"config.data.dir={config.data.dir!r} does not exist: build a dataset with "
+                                    "`python -m stcl_jax.data.build --data-root VSPW --output DIR`")
+        return config
+    if "synthetic" not in config:
+        raise ValueError("config.data.dir is empty: set --config.data.dir=DIR (a dataset built by "
+                         "`python -m stcl_jax.data.build`), or use configs/demo.py, which generates one")
+    from stcl_jax.data.build import build_dataset
+    from stcl_jax.data.synthetic import write_synthetic_vspw
+
+    s = config.synthetic
+    raw, built = os.path.join(workdir, "data", "raw"), os.path.join(workdir, "data", "built")
+    done = os.path.join(built, ".complete")
+    if jax.process_index() == 0 and not os.path.exists(done):
+        log.info("generating the synthetic VSPW dataset (%d videos x %d frames) in %s", s.videos, s.frames, raw)
+        write_synthetic_vspw(raw, s.videos, s.frames, size=tuple(s.size), seed=s.seed)
+        build_dataset(raw, built, splits=(config.data.train_split, config.data.val_split))
+        open(done, "w").close()
+    if jax.process_count() > 1:
+        from jax.experimental import multihost_utils
+
+        multihost_utils.sync_global_devices("stcl_jax synthetic data ready")
+    config = config.copy_and_resolve_references()
+    with config.unlocked():
+        config.data.dir = built
+    config.lock()
+    return config
+
+
+def save_config(config, workdir):
+    if jax.process_index() == 0:
+        os.makedirs(workdir, exist_ok=True)
+        with open(os.path.join(workdir, "config.json"), "w", encoding="utf-8") as f:
+            f.write(config.to_json_best_effort(indent=2, sort_keys=True))
+
+
+# ------------------------------------------------------------------------------------------------------- loop
+def train_and_evaluate(config, workdir: str) -> dict:
+    """Trains `config` in `workdir` (resuming from its newest checkpoint) and returns the final metrics."""
+    from stcl_jax.data.pipeline import make_train_loader
+
+    workdir = os.path.abspath(workdir)
+    config = prepare_data(config, workdir)
+    save_config(config, workdir)
+
+    # --- mesh, model, optimizer, data
+    mesh = mesh_lib.make_mesh()
+    local_batch = mesh_lib.check_batch_size(config.global_batch_size, mesh)
+    log.info("mesh %s over %d devices (%d processes); global batch %d clips, %d per process", dict(mesh.shape),
+             jax.device_count(), jax.process_count(), config.global_batch_size, local_batch)
+    model = build_segmenter(config.model)
+    tx, schedule = make_optimizer(config)
+    crop, frames = tuple(config.data.crop_size), config.data.num_frames
+    data_iter = make_train_loader(config.data, seed=config.seed, process_index=jax.process_index(),
+                                  process_count=jax.process_count(), batch_size_per_host=local_batch)
+
+    # --- state: resume > init_from > fresh
+    abstract, shardings = state_lib.abstract_state_and_shardings(model, tx, (1, *crop, 3), mesh, config.mesh)
+    if config.mesh.fsdp:
+        split = [s for s in jax.tree_util.tree_leaves(shardings) if not s.is_fully_replicated]
+        log.info("FSDP: %d of %d state leaves split over 'data'", len(split), len(jax.tree_util.tree_leaves(shardings)))
+    checkpointer = ckpt_lib.Checkpointer(workdir, every_steps=config.checkpoint_every_steps,
+                                         keep=config.keep_checkpoints)
+    latest = checkpointer.latest_step()
+    if latest is not None:
+        state = checkpointer.restore(latest, ckpt_lib.abstract_with_shardings(abstract, shardings), data_iter)
+    else:
+        state = state_lib.create_train_state(model, tx, (1, *crop, 3), config.seed, shardings)
+        if config.init_from:
+            state = _init_from(config.init_from, state, tx, shardings, workdir)
+    log.info("model: %.2f M parameters; starting at step %d of %d", state_lib.param_count(state.params) / 1e6,
+             int(state.step), config.total_steps)
+
+    # --- the step, compiled once
+    g = config.global_batch_size
+    batch_shapes = {"image": ((g, frames, *crop, 3), jnp.float32), "label": ((g, frames, *crop), jnp.int32)}
+    train_step = compile_train_step(make_train_step(model, tx, schedule, config), abstract, shardings,
+                                    batch_shapes, mesh)
+
+    # --- the loop
+    writer = log_lib.MetricWriter(workdir)
+    watcher = ckpt_lib.PreemptionWatcher(checkpointer.manager)
+    step = int(state.step)
+    progress = log_lib.Progress(config.total_steps, g * frames, start_step=step)
+    logger = _StepLogger(config, writer, progress)
+    pending = None  # (step, device metrics) of the previous step: fetched after the next step is dispatched
+    final = {}
+    try:
+        while step < config.total_steps:
+            batch = mesh_lib.global_batch(_check_batch(next(data_iter), local_batch, frames, crop), mesh)
+            state, metrics = train_step(state, batch)
+            step += 1
+            if pending is not None:
+                logger.record(*pending)
+            pending = (step, metrics)
+            preempted = watcher.preempted(step)
+            if preempted or checkpointer.should_save(step, config.total_steps) or (
+                    config.eval_every_steps and step % config.eval_every_steps == 0):
+                logger.record(*pending)  # never checkpoint a state whose loss was not checked
+                pending = None
+                checkpointer.save(step, state, data_iter, force=preempted)
+            if config.eval_every_steps and step % config.eval_every_steps == 0 and step < config.total_steps:
+                writer.write(step, evaluate(config, model, state, step))
+            if preempted:
+                log.warning("preempted: saved step %d, exiting; rerun the same command to resume", step)
+                break
+        if pending is not None:
+            logger.record(*pending)
+        final = dict(logger.last)
+        if step >= config.total_steps and config.eval.at_end:
+            scores = evaluate(config, model, state, step)
+            writer.write(step, scores)
+            final.update(scores)
+    finally:
+        checkpointer.close()  # waits for the async save in flight
+        watcher.restore_handler()
+        writer.close()
+    final["step"] = step
+    return final
+
+
+def _init_from(path, state, tx, shardings, workdir):
+    """Loads a params-only export (stcl_jax.models.io / convert.py) into a fresh state; writes the key report."""
+    from stcl_jax.models.io import load_variables
+
+    loaded, _ = load_variables(path)
+    state, report = state_lib.merge_pretrained(state, loaded, tx, shardings, source=path)
+    if jax.process_index() == 0:
+        with open(os.path.join(workdir, "init_from_report.json"), "w", encoding="utf-8") as f:
+            json.dump(report, f, indent=1)
+    if not report["loaded"]:
+        raise ValueError(f"config.init_from={path!r}: none of its {len(report['unused'])} arrays matches a model "
+                         "parameter by name and shape; is it an export of this architecture?")
+    return state
+
+
+class _StepLogger:
+    """Checks and accumulates the per-step metrics; every `log_every_steps` writes their means and a progress line."""
+
+    def __init__(self, config, writer, progress):
+        self.every, self.total = config.log_every_steps, config.total_steps
+        self.writer, self.progress = writer, progress
+        self.sums, self.count, self.last = {}, 0, {}
+
+    def record(self, step, device_metrics):
+        m = {k: float(v) for k, v in jax.device_get(device_metrics).items()}
+        log_lib.check_finite(step, m)
+        self.last = m
+        for k, v in m.items():
+            self.sums[k] = self.sums.get(k, 0.0) + v
+        self.count += 1
+        if step % self.every == 0 or step == self.total:
+            means = {k: v / self.count for k, v in self.sums.items()}
+            means["lr"] = m["lr"]
+            speed = self.progress.update(step)
+            log.info(log_lib.progress_line(step, self.total, means, speed))
+            self.writer.write(step, {f"train/{k}": v for k, v in means.items()} |
+                              {"train/img_per_s": speed["img_per_s"]})
+            self.sums, self.count = {}, 0
+
+
+def _check_batch(batch, local_batch, frames, crop):
+    want = {"image": (local_batch, frames, *crop, 3), "label": (local_batch, frames, *crop)}
+    for k, shape in want.items():
+        if k not in batch or tuple(np.shape(batch[k])) != shape:
+            got = tuple(np.shape(batch[k])) if k in batch else "missing"
+            raise ValueError(f"the data loader gave batch[{k!r}] of shape {got}, expected {shape} "
+                             "(config.global_batch_size / process count, config.data.num_frames, crop_size)")
+    return batch
+
+
+# ------------------------------------------------------------------------------------------------- evaluation
+def evaluate(config, model, state, step: int) -> dict:
+    """Validation scores of `state` on `config.data.val_split` as {"val/miou": ...} (fractions), logged.
+
+    Every process takes part (videos are split over processes, the confusion matrix is reduced across them).
+    Returns {} when `stcl_jax.evaluation` is not installed in this tree."""
+    try:
+        from stcl_jax.evaluation.runner import evaluate_segmenter
+    except ImportError as e:
+        log.warning("no validation: stcl_jax.evaluation is not available (%s)", e)
+        return {}
+    variables = {"params": state.params, "batch_stats": state.batch_stats}
+    if not all(x.is_fully_addressable for x in jax.tree_util.tree_leaves(variables)):
+        from jax.experimental import multihost_utils  # FSDP over several processes: gather the parameters
+
+        variables = multihost_utils.process_allgather(variables, tiled=True)
+    t0 = time.perf_counter()
+    result = evaluate_segmenter(model, variables, config)
+    scores = {f"val/{k}": float(result[k]) for k in ("miou", "wiou", "pixel_acc", "mean_class_acc", "vc8", "vc16")
+              if isinstance(result.get(k), (int, float))}
+    log.info("validation at step %d on %s/%s (%.0f s): %s", step, config.data.dir, config.data.val_split,
+             time.perf_counter() - t0, "  ".join(f"{k[4:]} {100 * v:.2f}%" for k, v in scores.items()))
+    return scores

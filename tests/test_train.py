@@ -20,7 +20,8 @@ import pytest
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
-# argv: workdir, JSON dict of config overrides ("a.b": value), optional step after whose checkpoint to SIGKILL.
+# argv: workdir, JSON dict of config overrides ("a.b": value), optional step after whose checkpoint the process
+# sends itself a signal, optional signal name (default SIGKILL).
 _CHILD = textwrap.dedent("""
     import json, os, signal, sys
     sys.path.insert(0, os.path.join(os.getcwd(), "configs"))
@@ -36,13 +37,14 @@ _CHILD = textwrap.dedent("""
             node = node[p]
         node[leaf] = tuple(value) if isinstance(value, list) else value
     kill_after = int(sys.argv[3]) if len(sys.argv) > 3 else -1
+    sig = getattr(signal, sys.argv[4]) if len(sys.argv) > 4 else signal.SIGKILL
     save = checkpoint.Checkpointer.save
     def save_then_maybe_die(self, step, *args, **kwargs):
         saved = save(self, step, *args, **kwargs)
         if step == kill_after:
             self.wait_until_finished()
             print("KILLING", step, flush=True)
-            os.kill(os.getpid(), signal.SIGKILL)
+            os.kill(os.getpid(), sig)
         return saved
     checkpoint.Checkpointer.save = save_then_maybe_die
     result = loop.train_and_evaluate(config, sys.argv[1])
@@ -89,10 +91,10 @@ def _overrides(dataset, **kw):
     return o
 
 
-def _start(workdir, overrides, env, kill_after=None):
+def _start(workdir, overrides, env, kill_after=None, sig="SIGKILL"):
     argv = [sys.executable, "-c", _CHILD, str(workdir), json.dumps(overrides)]
     if kill_after is not None:
-        argv.append(str(kill_after))
+        argv += [str(kill_after), sig]
     return subprocess.Popen(argv, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
 
@@ -101,9 +103,9 @@ def _finish(proc, timeout=300):
     return proc.returncode, out
 
 
-def _train(workdir, overrides, env, kill_after=None):
-    code, out = _finish(_start(workdir, overrides, env, kill_after))
-    if kill_after is None:
+def _train(workdir, overrides, env, kill_after=None, sig="SIGKILL"):
+    code, out = _finish(_start(workdir, overrides, env, kill_after, sig))
+    if kill_after is None or sig != "SIGKILL":
         assert code == 0, out[-4000:]
         return json.loads(out.split("RESULT ", 1)[1].splitlines()[0]), out
     return code, out
@@ -165,6 +167,14 @@ def test_kill_and_resume_is_bitwise(tmp_path, straight, dataset, cache_dir):
     logged = _jsonl(straight[0])
     after_resume = [r for r in _jsonl(tmp_path) if r["step"] > 3]
     assert [r["train/loss"] for r in after_resume] == [r["train/loss"] for r in logged[3:]]
+
+
+def test_sigterm_saves_and_exits_cleanly(tmp_path, straight, dataset, cache_dir):
+    """Preemption: SIGTERM during step 4 -> the loop saves step 4 (besides the periodic 3) and returns."""
+    result, out = _train(tmp_path, _overrides(dataset), _env(cache_dir), kill_after=3, sig="SIGTERM")
+    assert result["step"] == 4 and "preempted: saved step 4" in out
+    assert sorted(os.listdir(tmp_path / "checkpoints")) == ["3", "4"]
+    assert int(_params(tmp_path, 4)["step"]) == 4
 
 
 def _assert_close_to_straight(workdir, straight, step):

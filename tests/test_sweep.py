@@ -6,6 +6,7 @@ import pathlib
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 
 from stcl_jax import sweep
@@ -147,3 +148,39 @@ def test_report_reads_final_metrics_and_jsonl(tmp_path):
         assert "png" not in paths
     else:
         assert pathlib.Path(paths["png"]).stat().st_size > 1000
+
+
+def test_two_point_local_sweep_on_demo_config_runs_and_reports(tmp_path):
+    """Trains two points of the demo config (runlocal: micro model, a few steps) one after another, then reports.
+
+    The points differ only in `seed`, so both compile to the same programs: with a persistent compilation cache
+    the second run reuses the first's executables (CPU time of this test ~ one tiny training run)."""
+    spec = tmp_path / "demo_seeds.py"
+    spec.write_text(f"import sys\nsys.path.insert(0, {str(REPO / 'configs')!r})\nfrom demo import get_config  # noqa\n\n"
+                    "def get_sweep(name):\n    return [{'seed': 0}, {'seed': 1}]\n")
+    root = tmp_path / "sweep"
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("JAX_", "XLA_"))}
+    env.update(PYTHONPATH=str(REPO), JAX_PLATFORMS="cpu", JAX_COMPILATION_CACHE_DIR=str(tmp_path / "jax_cache"),
+               JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0", JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="0",
+               XLA_FLAGS="--xla_backend_optimization_level=0")  # unoptimised CPU code compiles several times faster
+    cmd = [sys.executable, "-m", "stcl_jax.sweep", "--config", f"{spec}:runlocal", "--sweep", "seeds",
+           "--workdir-root", str(root), "--override", "total_steps=2", "--override", "checkpoint_every_steps=2"]
+    r = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=900)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    for name in ("seed-0", "seed-1"):
+        final = json.loads((root / name / "final_metrics.json").read_text())
+        assert final["step"] == 2 and np.isfinite(final["loss"])
+        assert json.loads((root / name / "sweep_point.json").read_text())["fields"] == {
+            "total_steps": 2, "checkpoint_every_steps": 2, "seed": int(name[-1])}
+        assert (root / name / "checkpoints" / "2").is_dir()
+    # A rerun skips finished runs.
+    r = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
+    assert r.returncode == 0 and r.stdout.count("exists, skipped") == 2, r.stdout + r.stderr
+    r = subprocess.run([sys.executable, "-m", "stcl_jax.sweep", "report", str(root)], capture_output=True,
+                       text=True, env=env, timeout=120)
+    assert r.returncode == 0, r.stderr
+    md = (root / "report.md").read_text()
+    rows = [ln for ln in md.splitlines() if ln.startswith("| seed-")]
+    assert [ln.split(" | ")[0] for ln in rows] == ["| seed-0", "| seed-1"]
+    assert all(ln.endswith("| 2 | done |") for ln in rows), rows
+    assert (root / "report.csv").read_text().count("\n") == 3

@@ -67,6 +67,9 @@ def test_round_trip_exact_bytes_labels_and_index(raw_root, tmp_path):
     name, frames_, imgs, masks = got[0]
     assert frames_ == vspw.frame_names(raw_root, name) and imgs.shape == (5, *SIZE, 3) and masks.shape == (5, *SIZE)
     assert list(records.iterate_videos(out, "test"))[0][3] is None
+    # per-process shares: video k goes to process k % count, together exactly the whole split
+    shares = [[g[0] for g in records.iterate_videos(out, "val", process_index=p, process_count=2)] for p in (0, 1)]
+    assert shares[0] == [g[0] for g in got][0::2] and shares[1] == [g[0] for g in got][1::2]
     # a second run sees the complete build and does nothing
     assert build.build_dataset(raw_root, out, splits=("train",), progress=False) == report
 

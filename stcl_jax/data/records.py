@@ -66,22 +66,27 @@ def text(value) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
 
 
-def iterate_videos(data_dir: str, split: str, max_videos: int = 0
+def iterate_videos(data_dir: str, split: str, max_videos: int = 0, *, process_index: int = 0, process_count: int = 1
                    ) -> Iterator[tuple[str, list[str], np.ndarray, np.ndarray | None]]:
     """Whole videos of `split`, in frame order, at the original size, no augmentation.
 
     Yields (video_name, frame_names, frames uint8 (F, H, W, 3), raw_masks uint8 (F, H, W) or None); masks are None
-    when no frame of the video is labelled, and 255 (void) for an unlabelled frame of a partly labelled video."""
+    when no frame of the video is labelled, and 255 (void) for an unlabelled frame of a partly labelled video.
+    `max_videos` (0 = all) counts the videos of the split; of those, this process gets video k when
+    k % process_count == process_index, and the others' frames are never decoded."""
+    if not 0 <= process_index < process_count:
+        raise ValueError(f"process_index {process_index} is not in [0, process_count={process_count})")
     source = open_split(data_dir, split)
     i, done = 0, 0
     while i < len(source) and (max_videos <= 0 or done < max_videos):
         first = source[i]
         n = int(first["num_frames"])
-        recs = [first] + [source[i + t] for t in range(1, n)]
-        frames = np.stack([decode_image(r["image"]) for r in recs])
-        masks = None
-        if any(r["has_label"] for r in recs):
-            masks = np.stack([decode_mask(r["mask"]) if r["has_label"] else np.full(frames.shape[1:3], 255, np.uint8)
-                              for r in recs])
-        yield text(first["video"]), [text(r["frame_name"]) for r in recs], frames, masks
+        if done % process_count == process_index:
+            recs = [first] + [source[i + t] for t in range(1, n)]
+            frames = np.stack([decode_image(r["image"]) for r in recs])
+            masks = None
+            if any(r["has_label"] for r in recs):
+                masks = np.stack([decode_mask(r["mask"]) if r["has_label"]
+                                  else np.full(frames.shape[1:3], 255, np.uint8) for r in recs])
+            yield text(first["video"]), [text(r["frame_name"]) for r in recs], frames, masks
         i, done = i + n, done + 1

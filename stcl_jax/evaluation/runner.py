@@ -115,9 +115,8 @@ def evaluate_model(predictor, data_dir: str, split: str, *, vc_protocol: str = "
     count = jax.process_count() if process_count is None else process_count
     evaluator = metrics.VSPWEvaluator(vc_protocol=vc_protocol)
     progress = _Progress(max_videos or 0, "evaluated")
-    for i, (video, frame_names, frames, masks) in enumerate(iterate_videos(data_dir, split, max_videos)):
-        if i % count != index:
-            continue
+    for video, frame_names, frames, masks in iterate_videos(data_dir, split, max_videos, process_index=index,
+                                                            process_count=count):
         if masks is None:
             raise ValueError(f"video {video} of split {split!r} in {data_dir} has no labels: evaluate a labelled "
                              "split (val), or use `python -m stcl_jax.predict` for unlabelled frames")

@@ -97,8 +97,11 @@ def test_overrides_are_checked_against_the_locked_config(tmp_path):
                         dry_run=True, out=lambda _: None)
     with pytest.raises(KeyError, match="no section 'los'"):
         sweep.apply_overrides(sweep.load_config_module(spec).get_config(), {"los.temperature": 1.0})
+    no_sweeps = tmp_path / "no_sweeps.py"   # a config file with get_config but no get_sweep
+    no_sweeps.write_text(f"import sys\nsys.path.insert(0, {str(REPO / 'configs')!r})\n"
+                         "from swin_t import get_config  # noqa\n")
     with pytest.raises(AttributeError, match="defines no get_sweep"):
-        sweep.get_points(sweep.load_config_module(str(REPO / "configs/swin_t.py")), "swin_t.py", "temperature")
+        sweep.get_points(sweep.load_config_module(str(no_sweeps)), "no_sweeps.py", "temperature")
     assert sweep.parse_override("data.crop_size=(64, 64)") == ("data.crop_size", (64, 64))
     assert sweep.parse_override("loss.contrast_scope=batch") == ("loss.contrast_scope", "batch")
 

@@ -180,7 +180,8 @@ def test_sigterm_saves_and_exits_cleanly(tmp_path, straight, dataset, cache_dir)
 def _assert_close_to_straight(workdir, straight, step):
     for r1, r in zip(_jsonl(straight[0])[:step], _jsonl(workdir)):
         for k in ("train/loss", "train/ce", "train/aux", "train/stcl"):
-            np.testing.assert_allclose(r[k], r1[k], rtol=1e-5, err_msg=f"step {r1['step']} {k}")
+            # fp32 reductions in another order (8 shards vs 1): jax 0.11.2 was seen 1.1e-5 apart at step 3
+            np.testing.assert_allclose(r[k], r1[k], rtol=5e-5, err_msg=f"step {r1['step']} {k}")
     a, b = _params(straight[0], step), _params(workdir, step)
     _assert_same_params(a["params"], b["params"], "params", rtol=1e-4, atol=1e-6)
     _assert_same_params(a["batch_stats"], b["batch_stats"], "batch_stats", rtol=1e-4, atol=1e-6)

@@ -10,7 +10,7 @@ Run a model over a built split (`stcl_jax.data.build --output DIR`) and score it
         [--ensemble CKPT2 ...] [--save-predictions PRED_DIR] [--json OUT]
 
 CKPT: a params-only model directory (`stcl_jax.models.io`: model_config.json + variables/) or a training
-workdir (loaded through `stcl_jax.pseudo_label.load_member`). `--config` supplies the inference settings
+workdir (loaded through `stcl_jax.evaluation.cli.load_member`). `--config` supplies the inference settings
 (`config.eval.mode/crop/stride`, `config.data.mean/std`); `--mode/--crop/--stride` override them. `--tta` is
 the paper's test-time augmentation: ratios 0.5..1.75 and horizontal flip. `--ensemble` adds members whose softmax
 is averaged with CKPT's. `--vc-protocol cffm` scores VC as CFFM/MRCFA/TV3S do (see stcl_jax.evaluation.metrics).

@@ -38,6 +38,7 @@ import numpy as np
 
 from stcl_jax.data import records, vspw
 from stcl_jax.evaluation import inference
+from stcl_jax.evaluation.cli import load_member  # noqa: F401  (the teachers are loaded like evaluate's models)
 
 log = logging.getLogger("stcl_jax.pseudo_label")
 
@@ -64,24 +65,6 @@ def make_teacher(members, *, threshold: float = 0.5, **options) -> inference.Pre
     if not 0.0 <= threshold <= 1.0:
         raise ValueError(f"--threshold must be in [0, 1], got {threshold}")
     return inference.Predictor(members, postprocess=jax.vmap(lambda p: threshold_labels(p, threshold)), **options)
-
-
-def load_member(path: str):
-    """(apply_fn, variables, model_config) of an export dir or a training workdir."""
-    from stcl_jax.models import build_segmenter
-
-    if os.path.isfile(os.path.join(path, "model_config.json")):
-        from stcl_jax.models.io import load_variables
-
-        variables, model_cfg = load_variables(path)
-    elif os.path.isdir(os.path.join(path, "checkpoints")):
-        from stcl_jax.export import restore_variables
-
-        variables, model_cfg, _ = restore_variables(path)
-    else:
-        raise FileNotFoundError(f"--checkpoints {path}: neither a params-only export (model_config.json, from "
-                                "`python -m stcl_jax.export`) nor a training workdir (checkpoints/)")
-    return inference.segmenter_apply(build_segmenter(model_cfg)), variables, model_cfg
 
 
 # ------------------------------------------------------------------------------------------------------ files --

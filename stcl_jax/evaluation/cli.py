@@ -1,8 +1,9 @@
-"""Command-line pieces shared by `stcl_jax.evaluate` and `stcl_jax.predict`: inference flags, loading models."""
+"""Command-line pieces shared by `stcl_jax.evaluate`, `predict` and `pseudo_label`: inference flags, loading models."""
 
 from __future__ import annotations
 
 import argparse
+import os
 
 
 def add_inference_arguments(p: argparse.ArgumentParser) -> None:
@@ -28,10 +29,27 @@ def load_config(spec: str):
     return load_config_module(path).get_config(arg)
 
 
+def load_member(path: str):
+    """(apply_fn, variables, model_config) of an export dir or a training workdir."""
+    from stcl_jax.evaluation import inference
+    from stcl_jax.models import build_segmenter
+
+    if os.path.isfile(os.path.join(path, "model_config.json")):
+        from stcl_jax.models.io import load_variables
+
+        variables, model_cfg = load_variables(path)
+    elif os.path.isdir(os.path.join(path, "checkpoints")):
+        from stcl_jax.export import restore_variables
+
+        variables, model_cfg, _ = restore_variables(path)
+    else:
+        raise FileNotFoundError(f"--checkpoints {path}: neither a params-only export (model_config.json, from "
+                                "`python -m stcl_jax.export`) nor a training workdir (checkpoints/)")
+    return inference.segmenter_apply(build_segmenter(model_cfg)), variables, model_cfg
+
+
 def load_members(paths) -> list:
     """[(apply_fn, variables)] of params-only dirs or training workdirs."""
-    from stcl_jax.pseudo_label import load_member
-
     members = []
     for path in paths:
         try:

@@ -1,11 +1,15 @@
-"""Builds VSPW into ArrayRecord shards with tensorflow-datasets (no TensorFlow needed).
+"""Builds VSPW (or ADE20K / COCO panoptic) into ArrayRecord shards with tensorflow-datasets (no TensorFlow needed).
 
-    python -m stcl_jax.data.build --data-root VSPW_480p --output DIR [--splits train,val] [--workers K]
-                                  [--skip-bad] [--extra-frames DIR]
+    python -m stcl_jax.data.build [--dataset vspw|ade20k|coco-panoptic] --data-root PATH --output DIR
+                                  [--splits train,val] [--workers K] [--skip-bad] [--extra-frames DIR]
 
 Output: `DIR/vspw/480p/1.0.0/` (tfds layout: `vspw-<split>.array_record-XXXXX-of-YYYYY`, dataset_info.json,
-features.json) and `DIR/build_report.json`. tfds writes into a temporary `incomplete.*` folder and renames it
+features.json, metadata.json with the class names), `DIR/ade20k/scene_parsing/1.0.0/` or
+`DIR/coco_panoptic/semantic/1.0.0/`, and `DIR/build_report.json` (copied into the version folder, so each
+dataset keeps its own when several share DIR): per split the counts, the skipped files, and `pixels`, the pixels
+of the stored masks per raw value (256 counts). tfds writes into a temporary `incomplete.*` folder and renames it
 only when every split is done, so an interrupted build never leaves shards that look complete: just rerun it.
+ADE20K and COCO panoptic images become single-frame videos in the same format (see `image_tfds`).
 
 One record per frame, in video order and frame order (shuffling is disabled), with these features:
   image        the frame's JPEG bytes exactly as on disk (tfds Image, jpeg)
@@ -22,7 +26,8 @@ labelled if a mask exists for it (pseudo labels) and unlabelled otherwise (frame
 
 Bad input (corrupt JPEG/PNG, mask size differing from its frame, label value neither a class id nor void, frame
 without mask in a labelled split, listed video missing) stops the build with an error naming the file; with
---skip-bad the frame (or video) is left out and listed in the report instead.
+--skip-bad the frame (or video) is left out and listed in the report instead. The same holds for the images of
+ADE20K and COCO panoptic (also: image without annotation, panoptic segment missing from the JSON).
 """
 
 from __future__ import annotations
@@ -34,32 +39,73 @@ from typing import Sequence
 
 import tensorflow_datasets as tfds
 
+from stcl_jax.data import ade20k, coco_panoptic, image_tfds, vspw_tfds
 from stcl_jax.data.vspw_tfds import CONFIG, EXTRA, LABELS, BadInputError, Vspw, dataset_dir  # noqa: F401
 
-def build_dataset(data_root: str, output_dir: str, splits: Sequence[str] = ("train", "val"), *, workers: int = 0,
-                  skip_bad: bool = False, extra_frames: str | None = None, progress: bool = True) -> dict:
-    """Builds the ArrayRecord dataset of `splits` from the extracted VSPW folder `data_root` into `output_dir`.
+# --dataset -> (builder class, (name, config, version), splits it has, the layout --data-root must hold)
+DATASETS = {
+    "vspw": (Vspw, (vspw_tfds.NAME, CONFIG, vspw_tfds.VERSION), tuple(LABELS),
+             "the extracted VSPW_480p folder (data/, train.txt, val.txt, test.txt)"),
+    "ade20k": (image_tfds.Ade20k, image_tfds.ADE20K, tuple(ade20k.SPLITS),
+               "ADEChallengeData2016 (images/ and annotations/, each with training/ and validation/)"),
+    "coco-panoptic": (image_tfds.CocoPanoptic, image_tfds.COCO_PANOPTIC, coco_panoptic.SPLITS,
+                      "a folder with annotations/panoptic_{train,val}2017.json, the panoptic PNG folders and "
+                      "{train,val}2017/"),
+}
 
-    Returns the report (also written to `output_dir/build_report.json`): per split videos/frames written and the
-    skipped files with reasons. Raises BadInputError naming the file on bad input unless `skip_bad`.
-    Rerunning after a completed build does nothing; after an interrupted one it builds from scratch."""
-    unknown = [s for s in splits if s not in LABELS]
+
+def build_dataset(data_root: str, output_dir: str, splits: Sequence[str] = ("train", "val"), *, workers: int = 0,
+                  skip_bad: bool = False, extra_frames: str | None = None, progress: bool = True,
+                  dataset: str = "vspw") -> dict:
+    """Builds the ArrayRecord dataset of `splits` from the extracted `dataset` folder `data_root` into
+    `output_dir` (dataset: "vspw", "ade20k" or "coco-panoptic").
+
+    Returns the report (also written to `output_dir/build_report.json` and the version folder): per split the
+    videos/frames (images) written and the pixels per raw mask value, and the skipped files with reasons. Raises
+    BadInputError naming the file on bad input unless `skip_bad`. Rerunning after a completed build does nothing;
+    after an interrupted one it builds from scratch."""
+    dataset = dataset.replace("_", "-")
+    if dataset not in DATASETS:
+        raise ValueError(f"dataset {dataset!r}: expected one of {sorted(DATASETS)}")
+    builder_cls, (name, config, version), known, layout = DATASETS[dataset]
+    unknown = [s for s in splits if s not in known]
     if unknown or not splits:
-        raise ValueError(f"splits {list(splits)}: each must be one of {sorted(LABELS)}")
-    if not os.path.isdir(os.path.join(data_root, "data")):
+        raise ValueError(f"splits {list(splits)}: each must be one of {list(known)} for {dataset}")
+    if extra_frames and dataset != "vspw":
+        raise ValueError("--extra-frames is for VSPW builds only")
+    if not os.path.isdir(data_root):
+        raise FileNotFoundError(f"--data-root {data_root} not found: pass {layout}")
+    if dataset == "vspw" and not os.path.isdir(os.path.join(data_root, "data")):
         raise FileNotFoundError(f"--data-root {data_root} has no data/ folder: pass the extracted VSPW_480p folder")
-    final = dataset_dir(output_dir)
+    _check_layout(dataset, data_root, splits)
+    final = os.path.join(output_dir, name, config, version)
     if os.path.exists(os.path.join(final, "dataset_info.json")):
         print(f"[build] {final} is already complete; delete it to rebuild")
-        return _read_report(output_dir)
-    builder = Vspw(data_dir=output_dir, config=CONFIG, file_format="array_record", splits=splits, workers=workers,
-                   skip_bad=skip_bad, extra_frames=extra_frames, progress=progress)
+        return _read_report(final) or _read_report(output_dir)
+    extra = {"extra_frames": extra_frames} if dataset == "vspw" else {}
+    builder = builder_cls(data_dir=output_dir, config=config, file_format="array_record", splits=splits,
+                          workers=workers, skip_bad=skip_bad, progress=progress, **extra)
     builder.download_and_prepare(download_config=tfds.download.DownloadConfig(manual_dir=data_root))
-    report = {"data_root": os.path.abspath(data_root), "dataset_dir": os.path.abspath(final),
-              "splits": builder.counts, "skipped": [{"path": b.path, "reason": b.reason} for b in builder.skipped]}
-    with open(os.path.join(output_dir, "build_report.json"), "w") as f:
-        json.dump(report, f, indent=1)
+    report = {"dataset": name, "data_root": os.path.abspath(data_root), "dataset_dir": os.path.abspath(final),
+              "splits": builder.counts, "skipped": [{"path": b.path, "reason": b.reason} for b in builder.skipped],
+              "pixels": {s: p.tolist() for s, p in builder.pixels.items()}}
+    for folder in (output_dir, final):
+        with open(os.path.join(folder, "build_report.json"), "w") as f:
+            json.dump(report, f, indent=1)
     return report
+
+
+def _check_layout(dataset: str, data_root: str, splits: Sequence[str]) -> None:
+    """Fails early, saying which layout was expected, when `data_root` is not a `dataset` folder."""
+    if dataset == "ade20k":
+        root = ade20k.resolve_root(data_root)
+        for split in splits:
+            for folder in (ade20k.image_dir(root, split), ade20k.annotation_dir(root, split)):
+                if not os.path.isdir(folder):
+                    raise FileNotFoundError(f"ADE20K folder {folder} not found: expected {DATASETS[dataset][3]}")
+    elif dataset == "coco-panoptic":
+        for split in splits:
+            coco_panoptic.find_layout(data_root, split)
 
 
 def _read_report(output_dir: str) -> dict:
@@ -71,10 +117,14 @@ def _read_report(output_dir: str) -> dict:
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(description="Build VSPW ArrayRecord shards (tensorflow-datasets, no TensorFlow).")
-    p.add_argument("--data-root", required=True, help="extracted VSPW_480p folder (data/, train.txt, ...)")
+    p = argparse.ArgumentParser(description="Build VSPW, ADE20K or COCO panoptic ArrayRecord shards "
+                                "(tensorflow-datasets, no TensorFlow).")
+    p.add_argument("--dataset", default="vspw", choices=sorted(DATASETS), help="which dataset --data-root holds")
+    p.add_argument("--data-root", required=True, help="vspw: the extracted VSPW_480p folder (data/, train.txt, ...); "
+                   "ade20k: ADEChallengeData2016; coco-panoptic: the folder with annotations/ and train2017/ ...")
     p.add_argument("--output", required=True, help="output folder (tfds data_dir)")
-    p.add_argument("--splits", default="train,val", help=f"comma-separated, of {','.join(LABELS)}")
+    p.add_argument("--splits", default="train,val", help=f"comma-separated, of {','.join(LABELS)} (VSPW) or "
+                   "train,val (ADE20K, COCO)")
     p.add_argument("--workers", type=int, default=0, help="processes reading and checking files (0 = in-process)")
     p.add_argument("--skip-bad", action="store_true", help="leave bad frames out and list them in the report")
     p.add_argument("--extra-frames", default=None, help="VSPW-layout folder of extra (unlabelled or "
@@ -84,9 +134,9 @@ def main(argv=None):
     if a.extra_frames and EXTRA not in splits:
         splits.append(EXTRA)
     report = build_dataset(a.data_root, a.output, splits, workers=a.workers, skip_bad=a.skip_bad,
-                           extra_frames=a.extra_frames)
+                           extra_frames=a.extra_frames, dataset=a.dataset)
     for split, c in report.get("splits", {}).items():
-        print(f"[build] {split}: {c['videos']} videos, {c['frames']} frames")
+        print(f"[build] {split}: " + ", ".join(f"{n} {what}" for what, n in c.items()))
     skipped = report.get("skipped", [])
     if skipped:
         print(f"[build] skipped {len(skipped)} bad inputs (listed in {a.output}/build_report.json):")

@@ -1,4 +1,5 @@
-"""Reading the built VSPW records: locate a build, open a split, decode frames and masks, iterate whole videos.
+"""Reading the built records (VSPW, ADE20K, COCO panoptic): locate a build, open a split, decode frames and
+masks, iterate whole videos.
 
 Records are read with `tfds.builder_from_directory(...).as_data_source(split)` (ArrayRecord, random access, no
 TensorFlow). The JPEG stays undecoded until `decode_image`, so metadata lookups (clip sampling) cost no decoding.
@@ -7,6 +8,7 @@ TensorFlow). The JPEG stays undecoded until `decode_image`, so metadata lookups 
 from __future__ import annotations
 
 import io
+import json
 import os
 import re
 from typing import Iterator
@@ -15,27 +17,61 @@ import cv2
 import numpy as np
 from PIL import Image
 
-from stcl_jax.data.vspw_tfds import CONFIG, NAME
+from stcl_jax.data import image_tfds, vspw, vspw_tfds
 
 _VERSION = re.compile(r"^\d+\.\d+\.\d+$")
+# (name, config) of every dataset stcl_jax.data.build writes
+BUILDS = ((vspw_tfds.NAME, vspw_tfds.CONFIG), image_tfds.ADE20K[:2], image_tfds.COCO_PANOPTIC[:2])
 
 
-def resolve_dataset_dir(data_dir: str) -> str:
-    """The tfds version folder of a build: `data_dir` itself if it holds dataset_info.json, else the newest
-    complete `data_dir/vspw/480p/<version>` (incomplete.* folders of interrupted builds are never picked)."""
-    if os.path.isfile(os.path.join(data_dir, "dataset_info.json")):
-        return data_dir
-    parent = os.path.join(data_dir, NAME, CONFIG)
+def _newest_complete(parent: str) -> str | None:
     versions = []
     if os.path.isdir(parent):
         versions = [v for v in os.listdir(parent)
                     if _VERSION.match(v) and os.path.isfile(os.path.join(parent, v, "dataset_info.json"))]
     if not versions:
-        raise FileNotFoundError(
-            f"no complete VSPW build in {data_dir}: expected {parent}/<version>/dataset_info.json. Build it with "
-            f"`python -m stcl_jax.data.build --data-root VSPW_480p --output {data_dir}` (rerun it if it was "
-            "interrupted)")
+        return None
     return os.path.join(parent, max(versions, key=lambda v: tuple(int(x) for x in v.split("."))))
+
+
+def resolve_dataset_dir(data_dir: str) -> str:
+    """The tfds version folder of a build: `data_dir` itself if it holds dataset_info.json, else the newest
+    complete `data_dir/<name>/<config>/<version>` of the one dataset built there (vspw/480p, ade20k/scene_parsing
+    or coco_panoptic/semantic; incomplete.* folders of interrupted builds are never picked). Several different
+    datasets in `data_dir` raise ValueError: pass the version folder of the one meant."""
+    if os.path.isfile(os.path.join(data_dir, "dataset_info.json")):
+        return data_dir
+    found = [d for d in (_newest_complete(os.path.join(data_dir, n, c)) for n, c in BUILDS) if d]
+    if len(found) > 1:
+        raise ValueError(f"{data_dir} holds builds of several datasets ({', '.join(found)}): pass the one meant "
+                         "as <data_dir>/<name>/<config>/<version>")
+    if not found:
+        raise FileNotFoundError(
+            f"no complete VSPW build (nor ADE20K / COCO panoptic build) in {data_dir}: expected "
+            f"{os.path.join(data_dir, vspw_tfds.NAME, vspw_tfds.CONFIG)}/<version>/dataset_info.json (or "
+            f"ade20k/scene_parsing/, coco_panoptic/semantic/). Build it with `python -m stcl_jax.data.build "
+            f"[--dataset ...] --data-root PATH --output {data_dir}` (rerun it if it was interrupted)")
+    return found[0]
+
+
+def dataset_name(data_dir: str) -> str:
+    """"vspw", "ade20k" or "coco_panoptic": the dataset of the build at `data_dir` (as resolve_dataset_dir)."""
+    with open(os.path.join(resolve_dataset_dir(data_dir), "dataset_info.json")) as f:
+        return json.load(f)["name"]
+
+
+def dataset_class_names(data_dir: str) -> list[str]:
+    """Class names of the build at `data_dir`, index = raw mask value - 1 (its metadata.json; VSPW builds made
+    before that file existed get vspw.CLASS_NAMES)."""
+    import tensorflow_datasets as tfds
+
+    path = resolve_dataset_dir(data_dir)
+    names = (tfds.builder_from_directory(path).info.metadata or {}).get("class_names")
+    if names:
+        return list(names)
+    if dataset_name(path) == vspw_tfds.NAME:
+        return list(vspw.CLASS_NAMES)
+    raise ValueError(f"the build at {path} has no class names (metadata.json): rebuild it with this version")
 
 
 def open_split(data_dir: str, split: str):

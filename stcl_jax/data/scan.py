@@ -32,6 +32,7 @@ class Frame:
     png: bytes | None   # the mask file's bytes, unchanged; None = no label
     height: int
     width: int
+    pixels: np.ndarray | None = None   # pixels per raw mask value (int64 (256,)), None = no label
 
 
 @dataclasses.dataclass
@@ -41,7 +42,7 @@ class VideoScan:
     bad: list[Bad]
 
 
-def _open(data: bytes, fmt: str) -> Image.Image:
+def open_checked(data: bytes, fmt: str) -> Image.Image:
     """Fully decodes `data` (truncated files raise), checking the container format."""
     try:
         img = Image.open(io.BytesIO(data))
@@ -55,22 +56,30 @@ def _open(data: bytes, fmt: str) -> Image.Image:
 
 def check_frame(jpeg: bytes) -> tuple[int, int]:
     """Returns (h, w) of a valid 3-channel JPEG, else raises ValueError."""
-    img = _open(jpeg, "JPEG")
+    img = open_checked(jpeg, "JPEG")
     if img.mode not in ("RGB", "L", "CMYK", "YCbCr"):
         raise ValueError(f"JPEG mode {img.mode} is not an image the pipeline can read as RGB")
     return img.height, img.width
 
 
-def check_mask(png: bytes, size: tuple[int, int]) -> None:
-    """Raises ValueError unless `png` is a single-channel PNG of `size` = (h, w) holding only VSPW raw labels."""
-    img = _open(png, "PNG")
+def label_histogram(png: bytes, size: tuple[int, int], what: str = "raw VSPW labels") -> np.ndarray:
+    """Pixels per value (int64 (256,)) of a single-channel (L or P) PNG of `size` = (h, w); else ValueError."""
+    img = open_checked(png, "PNG")
     if img.mode not in ("L", "P"):
-        raise ValueError(f"mask mode {img.mode}: expected a single-channel (L or P) PNG of raw VSPW labels")
+        raise ValueError(f"mask mode {img.mode}: expected a single-channel (L or P) PNG of {what}")
     if (img.height, img.width) != size:
         raise ValueError(f"mask size {img.height}x{img.width} differs from its frame's {size[0]}x{size[1]}")
-    bad = vspw.invalid_raw_values(np.asarray(img))
+    return np.bincount(np.asarray(img, np.uint8).ravel(), minlength=256)
+
+
+def check_mask(png: bytes, size: tuple[int, int]) -> np.ndarray:
+    """Raises ValueError unless `png` is a single-channel PNG of `size` = (h, w) holding only VSPW raw labels.
+    Returns its histogram (pixels per raw value, int64 (256,))."""
+    counts = label_histogram(png, size)
+    bad = vspw.invalid_raw_values(np.flatnonzero(counts))
     if bad:
         raise ValueError(f"label values {bad[:10]} are neither a VSPW class (0..{vspw.NUM_CLASSES}) nor void (255)")
+    return counts
 
 
 def scan_video(root: str, video: str, labels: str) -> VideoScan:
@@ -97,19 +106,19 @@ def scan_video(root: str, video: str, labels: str) -> VideoScan:
         except (OSError, ValueError) as e:
             bad.append(Bad(fpath, str(e)))
             continue
-        png = None
+        png = pixels = None
         if name in masks:
             try:
                 with open(mpath, "rb") as f:
                     png = f.read()
-                check_mask(png, (h, w))
+                pixels = check_mask(png, (h, w))
             except (OSError, ValueError) as e:
                 bad.append(Bad(mpath, str(e)))
                 continue
         elif labels == "required":
             bad.append(Bad(mpath, "frame has no mask in a labelled split"))
             continue
-        frames.append(Frame(name, jpeg, png, h, w))
+        frames.append(Frame(name, jpeg, png, h, w, pixels))
     for name in sorted(masks - set(names)):
         bad.append(Bad(vspw.mask_path(root, video, name), "mask has no frame"))
     return VideoScan(video, frames, bad)

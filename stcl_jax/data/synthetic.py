@@ -23,7 +23,7 @@ from PIL import Image
 from stcl_jax.data import vspw
 
 # class name -> (base RGB, texture kind, relative period, amplitude)
-_LOOK = {
+LOOK = {
     "sky": ((110, 160, 225), "waves", 0.45, 12),
     "building": ((150, 120, 105), "checker", 0.12, 35),
     "road": ((85, 85, 90), "stripes0", 0.06, 18),
@@ -41,12 +41,12 @@ _LOOK = {
     "others": ((170, 150, 200), "stripes30", 0.04, 50),   # raw 0: a sign / poster of no VSPW class
 }
 # scene -> (bands top to bottom with their lower edge as a share of the height, object classes)
-_SCENES = {
+SCENES = {
     "street": ((("sky", 0.35), ("building", 0.6), ("road", 1.0)), ("car", "person", "dog")),
     "lake": ((("sky", 0.3), ("mountain", 0.45), ("tree", 0.55), ("water", 1.0)), ("ship_or_boat", "person", "dog")),
     "room": ((("wall", 0.55), ("floor", 1.0)), ("chair_or_seat", "person", "ball", "dog")),
 }
-_SHAPES = {"car": "box", "ship_or_boat": "box", "chair_or_seat": "box", "person": "person", "dog": "ellipse",
+SHAPES = {"car": "box", "ship_or_boat": "box", "chair_or_seat": "box", "person": "person", "dog": "ellipse",
            "ball": "ellipse"}
 _ID_CHARS = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_"
 
@@ -55,7 +55,7 @@ def _raw(name: str) -> int:
     return vspw.CLASS_NAMES.index(name) + 1
 
 
-def _texture(kind: str, period: float, x: np.ndarray, y: np.ndarray) -> np.ndarray:
+def texture(kind: str, period: float, x: np.ndarray, y: np.ndarray) -> np.ndarray:
     """Pattern in [-1, 1] at pixel coordinates x, y (already shifted into the texture's own frame)."""
     w = 2 * np.pi / period
     if kind.startswith("stripes"):
@@ -70,17 +70,29 @@ def _texture(kind: str, period: float, x: np.ndarray, y: np.ndarray) -> np.ndarr
     raise ValueError(f"unknown texture kind {kind!r}")
 
 
+def shape_region(shape: str, v: np.ndarray, u: np.ndarray) -> np.ndarray:
+    """Pixels inside an object of kind `shape` ("box", "ellipse", "person"), at coordinates v (down), u (right)
+    relative to its centre in units of its half size."""
+    if shape == "box":
+        return (np.abs(v) < 0.55) & (np.abs(u) < 1.0)
+    if shape == "ellipse":
+        return (v / 0.7) ** 2 + u ** 2 < 1.0
+    if shape == "person":                             # body + head
+        return ((v / 1.0) ** 2 + (u / 0.35) ** 2 < 1.0) | ((v + 1.25) ** 2 + u ** 2 < 0.09)
+    raise ValueError(shape)
+
+
 class _Video:
     """Random scene parameters of one video; `render(t)` draws frame t."""
 
     def __init__(self, rng: np.random.Generator, h: int, w: int):
         self.h, self.w = h, w
-        self.scene = str(rng.choice(sorted(_SCENES)))
-        bands, objects = _SCENES[self.scene]
+        self.scene = str(rng.choice(sorted(SCENES)))
+        bands, objects = SCENES[self.scene]
         self.bands = [(name, edge + rng.uniform(-0.05, 0.05) * (edge < 1)) for name, edge in bands]
         names = {n for n, _ in self.bands} | set(objects) | {"others"}
         self.light = rng.uniform(0.85, 1.15)
-        self.colour = {n: np.clip(np.array(_LOOK[n][0]) * self.light
+        self.colour = {n: np.clip(np.array(LOOK[n][0]) * self.light
                                   + rng.uniform(-12, 12, 3), 0, 255) for n in names}
         self.tex_offset = {n: rng.uniform(0, 100, 2) for n in names}
         self.pan = rng.uniform(-0.01, 0.01) * w         # camera pan in pixels per frame
@@ -90,7 +102,7 @@ class _Video:
             name = str(rng.choice(objects))
             floor_top = self.bands[-2][1] if name in ("car", "ship_or_boat") else 0.3
             self.objects.append(dict(
-                name=name, shape=_SHAPES[name],
+                name=name, shape=SHAPES[name],
                 pos=np.array([rng.uniform(floor_top, 0.95) * h, rng.uniform(0.1, 0.9) * w]),
                 floor_top=floor_top * h,
                 vel=rng.uniform(-0.05, 0.05, 2) * s,
@@ -104,9 +116,9 @@ class _Video:
         self.noise_rng = rng
 
     def _paint(self, img, name, region, x, y):
-        _, kind, period, amp = _LOOK[name]
+        _, kind, period, amp = LOOK[name]
         ox, oy = self.tex_offset[name]
-        pattern = _texture(kind, period * min(self.h, self.w), x[region] + ox, y[region] + oy)
+        pattern = texture(kind, period * min(self.h, self.w), x[region] + ox, y[region] + oy)
         img[region] = self.colour[name] + amp * self.light * pattern[:, None]
 
     def render(self, t: int) -> tuple[np.ndarray, np.ndarray]:
@@ -129,7 +141,7 @@ class _Video:
         for o in self.objects:
             cy, cx = self._position(o, t)
             r = o["size"] * (1 + 0.3 * np.sin(o["grow"][0] + o["grow"][1] * t)) / 2   # breathes in size
-            region = self._shape(o["shape"], (y - cy) / r, (x - cx) / r)
+            region = shape_region(o["shape"], (y - cy) / r, (x - cx) / r)
             self._paint(img, o["name"], region, x - cx, y - cy)   # texture moves with the object
             mask[region] = _raw(o["name"])
         if self.void is not None:
@@ -149,15 +161,6 @@ class _Video:
         p = np.abs((p + span) % (2 * span) - span)       # triangle wave = bouncing
         return lo + p
 
-    @staticmethod
-    def _shape(shape, v, u):
-        if shape == "box":
-            return (np.abs(v) < 0.55) & (np.abs(u) < 1.0)
-        if shape == "ellipse":
-            return (v / 0.7) ** 2 + u ** 2 < 1.0
-        if shape == "person":                             # body + head
-            return ((v / 1.0) ** 2 + (u / 0.35) ** 2 < 1.0) | ((v + 1.25) ** 2 + u ** 2 < 0.09)
-        raise ValueError(shape)
 
 
 def _split_counts(videos: int) -> dict[str, int]:

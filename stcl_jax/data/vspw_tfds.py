@@ -9,7 +9,7 @@ from __future__ import annotations
 import multiprocessing
 import os
 import time
-from typing import Iterable, Sequence
+from typing import Iterable, Iterator, Sequence
 
 import numpy as np
 import tensorflow_datasets as tfds
@@ -30,6 +30,43 @@ def dataset_dir(output_dir: str) -> str:
     return os.path.join(output_dir, NAME, CONFIG, VERSION)
 
 
+def record_features() -> tfds.features.FeaturesDict:
+    """The features of every build (VSPW, ADE20K, COCO panoptic): see `stcl_jax.data.build`."""
+    return tfds.features.FeaturesDict({
+        "image": tfds.features.Image(shape=(None, None, 3), encoding_format="jpeg"),
+        "mask": tfds.features.Tensor(shape=(), dtype=np.object_),
+        "has_label": tfds.features.Tensor(shape=(), dtype=np.bool_),
+        "video": tfds.features.Text(),
+        "frame_name": tfds.features.Text(),
+        "video_index": tfds.features.Tensor(shape=(), dtype=np.int32),
+        "frame_index": tfds.features.Tensor(shape=(), dtype=np.int32),
+        "num_frames": tfds.features.Tensor(shape=(), dtype=np.int32),
+        "video_start": tfds.features.Tensor(shape=(), dtype=np.int64),
+        "height": tfds.features.Tensor(shape=(), dtype=np.int32),
+        "width": tfds.features.Tensor(shape=(), dtype=np.int32),
+    })
+
+
+def map_jobs(fn, jobs: list, workers: int, chunksize: int = 1) -> Iterator:
+    """`map(fn, jobs)`, in order, in `workers` spawned processes when workers > 0 (terminated when the caller
+    stops iterating)."""
+    if workers <= 0:
+        yield from map(fn, jobs)
+        return
+    pool = multiprocessing.get_context("spawn").Pool(workers)
+    try:
+        yield from pool.imap(fn, jobs, chunksize=chunksize)
+    finally:
+        pool.terminate()
+
+
+def bad_input(split: str, bad: list[scan.Bad], unit: str) -> BadInputError:
+    """The error that stops a build at the first bad input of `split` (`unit` = "video" or "image")."""
+    more = f" (and {len(bad) - 1} more in this {unit})" if len(bad) > 1 else ""
+    return BadInputError(f"bad input in split {split!r}: {bad[0]}{more}; fix it or rerun with --skip-bad to leave "
+                         "it out")
+
+
 class Vspw(tfds.core.GeneratorBasedBuilder):
     """VSPW (Miao et al., CVPR 2021): 3,536 videos, 124 classes, one record per frame."""
 
@@ -43,25 +80,15 @@ class Vspw(tfds.core.GeneratorBasedBuilder):
         self._extra, self._progress = extra_frames, progress
         self.skipped: list[scan.Bad] = []
         self.counts: dict[str, dict[str, int]] = {}
+        self.pixels: dict[str, np.ndarray] = {}   # split -> pixels per raw mask value (256,)
         super().__init__(**kwargs)
 
     def _info(self) -> tfds.core.DatasetInfo:
         return self.dataset_info_from_configs(
-            features=tfds.features.FeaturesDict({
-                "image": tfds.features.Image(shape=(None, None, 3), encoding_format="jpeg"),
-                "mask": tfds.features.Tensor(shape=(), dtype=np.object_),
-                "has_label": tfds.features.Tensor(shape=(), dtype=np.bool_),
-                "video": tfds.features.Text(),
-                "frame_name": tfds.features.Text(),
-                "video_index": tfds.features.Tensor(shape=(), dtype=np.int32),
-                "frame_index": tfds.features.Tensor(shape=(), dtype=np.int32),
-                "num_frames": tfds.features.Tensor(shape=(), dtype=np.int32),
-                "video_start": tfds.features.Tensor(shape=(), dtype=np.int64),
-                "height": tfds.features.Tensor(shape=(), dtype=np.int32),
-                "width": tfds.features.Tensor(shape=(), dtype=np.int32),
-            }),
+            features=record_features(),
             disable_shuffling=True,   # records stay in video / frame order: `video_start` relies on it
             homepage="https://www.vspwdataset.com/",
+            metadata=tfds.core.MetadataDict(class_names=list(vspw.CLASS_NAMES)),
         )
 
     def _split_generators(self, dl_manager):
@@ -79,33 +106,28 @@ class Vspw(tfds.core.GeneratorBasedBuilder):
     def _generate_examples(self, root: str, split: str, videos: list[str]) -> Iterable:
         """Yields (key, example) for every kept frame, video by video, checking files in worker processes."""
         jobs = [(root, v, LABELS[split]) for v in videos]
-        pool = multiprocessing.get_context("spawn").Pool(self._workers) if self._workers > 0 else None
-        results = pool.imap(scan.scan_video_star, jobs, chunksize=1) if pool else map(scan.scan_video_star, jobs)
+        pixels = self.pixels.setdefault(split, np.zeros(256, np.int64))
         start, n_videos, t0 = 0, 0, time.time()
-        try:
-            for i, res in enumerate(results):
-                if res.bad:
-                    if not self._skip_bad:
-                        raise BadInputError(f"bad input in split {split!r}: {res.bad[0]}"
-                                            + (f" (and {len(res.bad) - 1} more in this video)" if len(res.bad) > 1
-                                               else "") + "; fix it or rerun with --skip-bad to leave it out")
-                    self.skipped.extend(res.bad)
-                n = len(res.frames)
-                for t, fr in enumerate(res.frames):
-                    yield f"{n_videos:06d}_{t:05d}", {
-                        "image": fr.jpeg, "mask": fr.png or b"", "has_label": fr.png is not None,
-                        "video": res.video, "frame_name": fr.name, "video_index": n_videos, "frame_index": t,
-                        "num_frames": n, "video_start": start, "height": fr.height, "width": fr.width}
-                if n:
-                    start, n_videos = start + n, n_videos + 1
-                if self._progress and (i + 1) % 50 == 0:
-                    rate = start / max(time.time() - t0, 1e-9)
-                    eta = (len(jobs) - i - 1) * (time.time() - t0) / (i + 1)
-                    print(f"[build] {split}: {i + 1}/{len(jobs)} videos, {start} frames, {rate:.0f} frames/s, "
-                          f"ETA {eta:.0f} s", flush=True)
-        finally:
-            if pool:
-                pool.terminate()
+        for i, res in enumerate(map_jobs(scan.scan_video_star, jobs, self._workers)):
+            if res.bad:
+                if not self._skip_bad:
+                    raise bad_input(split, res.bad, "video")
+                self.skipped.extend(res.bad)
+            n = len(res.frames)
+            for t, fr in enumerate(res.frames):
+                if fr.pixels is not None:
+                    pixels += fr.pixels
+                yield f"{n_videos:06d}_{t:05d}", {
+                    "image": fr.jpeg, "mask": fr.png or b"", "has_label": fr.png is not None,
+                    "video": res.video, "frame_name": fr.name, "video_index": n_videos, "frame_index": t,
+                    "num_frames": n, "video_start": start, "height": fr.height, "width": fr.width}
+            if n:
+                start, n_videos = start + n, n_videos + 1
+            if self._progress and (i + 1) % 50 == 0:
+                rate = start / max(time.time() - t0, 1e-9)
+                eta = (len(jobs) - i - 1) * (time.time() - t0) / (i + 1)
+                print(f"[build] {split}: {i + 1}/{len(jobs)} videos, {start} frames, {rate:.0f} frames/s, "
+                      f"ETA {eta:.0f} s", flush=True)
         self.counts[split] = {"videos": n_videos, "frames": start}
 
 

@@ -12,39 +12,20 @@ from __future__ import annotations
 import functools
 import os
 import time
-from typing import Iterable, Sequence
+from typing import Iterable
 
 import numpy as np
 import tensorflow_datasets as tfds
 
 from stcl_jax.data import ade20k, coco_panoptic, image_scan, scan
-from stcl_jax.data.vspw_tfds import bad_input, map_jobs, record_features
+from stcl_jax.data.vspw_tfds import RecordBuilder, bad_input, map_jobs
 
 ADE20K = ("ade20k", "scene_parsing", "1.0.0")
 COCO_PANOPTIC = ("coco_panoptic", "semantic", "1.0.0")
 
 
-class _ImageBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
+class _ImageBuilder(RecordBuilder, skip_registration=True):
     """One record per image; subclasses list the jobs of a split and the function that scans one."""
-
-    CLASS_NAMES: Sequence[str] = ()
-    HOMEPAGE = ""
-
-    def __init__(self, *, splits: Sequence[str] = ("train", "val"), workers: int = 0, skip_bad: bool = False,
-                 progress: bool = True, **kwargs):
-        self._splits, self._workers, self._skip_bad, self._progress = tuple(splits), workers, skip_bad, progress
-        self.skipped: list[scan.Bad] = []
-        self.counts: dict[str, dict[str, int]] = {}
-        self.pixels: dict[str, np.ndarray] = {}   # split -> pixels per raw mask value (256,)
-        super().__init__(**kwargs)
-
-    def _info(self) -> tfds.core.DatasetInfo:
-        return self.dataset_info_from_configs(
-            features=record_features(),
-            disable_shuffling=True,   # record index = video_start: the order must stay
-            homepage=self.HOMEPAGE,
-            metadata=tfds.core.MetadataDict(class_names=list(self.CLASS_NAMES)),
-        )
 
     def _split_generators(self, dl_manager):
         root = os.fspath(dl_manager.manual_dir)

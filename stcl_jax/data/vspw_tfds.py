@@ -67,17 +67,16 @@ def bad_input(split: str, bad: list[scan.Bad], unit: str) -> BadInputError:
                          "it out")
 
 
-class Vspw(tfds.core.GeneratorBasedBuilder):
-    """VSPW (Miao et al., CVPR 2021): 3,536 videos, 124 classes, one record per frame."""
+class RecordBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
+    """What every build shares: the features, the class names in the metadata, and the build's bookkeeping
+    (skipped inputs, per-split counts and pixels per raw mask value) that `build_dataset` reports."""
 
-    VERSION = tfds.core.Version(VERSION)
-    BUILDER_CONFIGS = [tfds.core.BuilderConfig(name=CONFIG, description="VSPW_480p release")]
-    MANUAL_DOWNLOAD_INSTRUCTIONS = "Extract VSPW_480p and pass its folder (with data/ and train.txt) as manual_dir."
+    CLASS_NAMES: Sequence[str] = ()
+    HOMEPAGE = ""
 
     def __init__(self, *, splits: Sequence[str] = ("train", "val"), workers: int = 0, skip_bad: bool = False,
-                 extra_frames: str | None = None, progress: bool = True, **kwargs):
-        self._splits, self._workers, self._skip_bad = tuple(splits), workers, skip_bad
-        self._extra, self._progress = extra_frames, progress
+                 progress: bool = True, **kwargs):
+        self._splits, self._workers, self._skip_bad, self._progress = tuple(splits), workers, skip_bad, progress
         self.skipped: list[scan.Bad] = []
         self.counts: dict[str, dict[str, int]] = {}
         self.pixels: dict[str, np.ndarray] = {}   # split -> pixels per raw mask value (256,)
@@ -87,9 +86,23 @@ class Vspw(tfds.core.GeneratorBasedBuilder):
         return self.dataset_info_from_configs(
             features=record_features(),
             disable_shuffling=True,   # records stay in video / frame order: `video_start` relies on it
-            homepage="https://www.vspwdataset.com/",
-            metadata=tfds.core.MetadataDict(class_names=list(vspw.CLASS_NAMES)),
+            homepage=self.HOMEPAGE,
+            metadata=tfds.core.MetadataDict(class_names=list(self.CLASS_NAMES)),
         )
+
+
+class Vspw(RecordBuilder):
+    """VSPW (Miao et al., CVPR 2021): 3,536 videos, 124 classes, one record per frame."""
+
+    VERSION = tfds.core.Version(VERSION)
+    BUILDER_CONFIGS = [tfds.core.BuilderConfig(name=CONFIG, description="VSPW_480p release")]
+    MANUAL_DOWNLOAD_INSTRUCTIONS = "Extract VSPW_480p and pass its folder (with data/ and train.txt) as manual_dir."
+    CLASS_NAMES = vspw.CLASS_NAMES
+    HOMEPAGE = "https://www.vspwdataset.com/"
+
+    def __init__(self, *, extra_frames: str | None = None, **kwargs):
+        self._extra = extra_frames
+        super().__init__(**kwargs)
 
     def _split_generators(self, dl_manager):
         root = os.fspath(dl_manager.manual_dir)

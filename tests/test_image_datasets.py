@@ -24,24 +24,26 @@ def _read(path):
         return f.read()
 
 
+def _write_and_build(tmp, folder, write, dataset, seed, build_from=None):
+    """Writes a synthetic dataset into tmp/folder and builds it from `build_from` (default: that folder)."""
+    root = str(tmp / folder)
+    truth = write(root, IMAGES, SIZE, seed=seed)
+    out = str(tmp / "built")
+    report = build.build_dataset(build_from or root, out, dataset=dataset, progress=False)
+    return root, truth, out, report
+
+
 @pytest.fixture(scope="module")
 def ade(tmp_path_factory):
-    tmp = tmp_path_factory.mktemp("ade")
-    root = str(tmp / "ADEChallengeData2016")
-    truth = synthetic_images.write_synthetic_ade20k(root, IMAGES, SIZE, seed=1)
-    out = str(tmp / "built")
-    report = build.build_dataset(str(tmp), out, dataset="ade20k", progress=False)   # the parent is accepted too
-    return root, truth, out, report
+    tmp = tmp_path_factory.mktemp("ade")      # built from the parent of ADEChallengeData2016: accepted too
+    return _write_and_build(tmp, "ADEChallengeData2016", synthetic_images.write_synthetic_ade20k, "ade20k", 1,
+                            build_from=str(tmp))
 
 
 @pytest.fixture(scope="module")
 def coco(tmp_path_factory):
-    tmp = tmp_path_factory.mktemp("coco")
-    root = str(tmp / "coco")
-    truth = synthetic_images.write_synthetic_coco_panoptic(root, IMAGES, SIZE, seed=2)
-    out = str(tmp / "built")
-    report = build.build_dataset(root, out, dataset="coco-panoptic", progress=False)
-    return root, truth, out, report
+    return _write_and_build(tmp_path_factory.mktemp("coco"), "coco", synthetic_images.write_synthetic_coco_panoptic,
+                            "coco-panoptic", 2)
 
 
 def _check_records(out, truth, split, image_path):

@@ -13,7 +13,7 @@ import pytest
 import tensorflow_datasets as tfds
 from PIL import Image
 
-from stcl_jax.data import ade20k, build, coco_panoptic, pipeline, records, synthetic_images
+from stcl_jax.data import ade20k, build, coco_panoptic, pipeline, records, synthetic, synthetic_images, vspw
 
 SIZE = (32, 48)
 IMAGES = {"train": 6, "val": 2}
@@ -22,6 +22,10 @@ IMAGES = {"train": 6, "val": 2}
 def _read(path):
     with open(path, "rb") as f:
         return f.read()
+
+
+def _histogram(masks):
+    return np.bincount(np.concatenate([m.ravel() for m in masks]), minlength=256).tolist()
 
 
 def _write_and_build(tmp, folder, write, dataset, seed, build_from=None):
@@ -68,8 +72,7 @@ def test_ade20k_build_keeps_every_pixel(ade):
         src = _check_records(out, truth, split, lambda s: ade20k.image_path(root, split, s))
         for i in range(len(src)):                                            # mask = the annotation file
             assert src[i]["mask"] == _read(ade20k.annotation_path(root, split, records.text(src[i]["video"])))
-        counts = np.bincount(np.concatenate([m.ravel() for m in truth[split].values()]), minlength=256)
-        assert report["pixels"][split] == counts.tolist()
+        assert report["pixels"][split] == _histogram(truth[split].values())
     values = set(np.unique(np.stack(list(truth["train"].values()))).tolist())
     assert {0, ade20k.NUM_CLASSES} <= values                                 # "other" and the last class occur
     assert any(Image.open(ade20k.image_path(root, "train", s)).mode == "L" for s in truth["train"])
@@ -85,8 +88,7 @@ def test_coco_panoptic_build_matches_the_writers_semantic_maps(coco):
     assert report["skipped"] == []
     for split in IMAGES:
         _check_records(out, truth, split, lambda s: os.path.join(root, f"{split}2017", s + ".jpg"))
-        counts = np.bincount(np.concatenate([m.ravel() for m in truth[split].values()]), minlength=256)
-        assert report["pixels"][split] == counts.tolist()
+        assert report["pixels"][split] == _histogram(truth[split].values())
     # the truth holds crowd regions and unlabelled pixels (0) and the last category (raw 133)
     data = json.load(open(os.path.join(root, "annotations", "panoptic_train2017.json")))
     assert any(s["iscrowd"] for a in data["annotations"] for s in a["segments_info"])
@@ -96,6 +98,20 @@ def test_coco_panoptic_build_matches_the_writers_semantic_maps(coco):
     assert [c["name"] for c in data["categories"]] != list(coco_panoptic.CLASS_NAMES)
     assert records.dataset_class_names(out) == list(coco_panoptic.CLASS_NAMES)
     assert records.dataset_name(out) == "coco_panoptic"
+
+
+def test_vspw_build_reports_pixels_and_class_names(tmp_path):
+    raw = str(tmp_path / "raw")
+    synthetic.write_synthetic_vspw(raw, videos=3, frames=2, size=(16, 24), seed=4)
+    report = build.build_dataset(raw, str(tmp_path / "out"), progress=False)
+    for split in ("train", "val"):
+        masks = [np.array(Image.open(vspw.mask_path(raw, v, f))) for v in vspw.read_split(raw, split)
+                 for f in vspw.frame_names(raw, v)]
+        assert report["pixels"][split] == _histogram(masks)
+    out = str(tmp_path / "out")
+    assert records.dataset_class_names(out) == list(vspw.CLASS_NAMES) and records.dataset_name(out) == "vspw"
+    os.remove(os.path.join(records.resolve_dataset_dir(out), "metadata.json"))    # a build made before metadata
+    assert records.dataset_class_names(out) == list(vspw.CLASS_NAMES)
 
 
 def test_coco_categories_and_conversion_rules():

@@ -94,7 +94,7 @@ def bench_jax(args, stcl: bool) -> dict:
     crop, g, t = tuple(c.data.crop_size), c.global_batch_size, c.data.num_frames
     abstract, shardings = state_lib.abstract_state_and_shardings(model, tx, (1, *crop, 3), mesh, c.mesh)
     state = state_lib.create_train_state(model, tx, (1, *crop, 3), 0, shardings)
-    shapes = {"image": ((g, t, *crop, 3), jnp.float32), "label": ((g, t, *crop), jnp.int32)}
+    shapes = {"image": ((g, t, *crop, 3), jnp.float32), "label": ((g, t, *crop), jnp.int32), "stcl": ((g,), jnp.bool_)}
     t0 = time.perf_counter()
     step = loop.compile_train_step(loop.make_train_step(model, tx, schedule, c), abstract, shardings, shapes, mesh)
     compile_s = time.perf_counter() - t0
@@ -105,7 +105,8 @@ def bench_jax(args, stcl: bool) -> dict:
     rng = np.random.default_rng(0)
     batch = mesh_lib.global_batch({
         "image": rng.normal(size=shapes["image"][0]).astype(np.float32),
-        "label": rng.integers(0, c.model.num_classes, size=shapes["label"][0]).astype(np.int32)}, mesh)
+        "label": rng.integers(0, c.model.num_classes, size=shapes["label"][0]).astype(np.int32),
+        "stcl": np.ones(g, bool)}, mesh)
     holder = {"state": state}
 
     def run():

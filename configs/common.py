@@ -31,6 +31,14 @@ iterations; global batch 16 clips; random resize 0.5-2.0, crop 768x768, horizont
   read_threads      threads per process producing batches.
   pseudo_dir, pseudo_split, pseudo_ratio   a build holding pseudo-labelled records and the share of clips
                     drawn from it (0 = none; see stcl_jax.pseudo_label).
+  label_map         "" = train `dir`'s own classes; else a mapping file (stcl_jax.data.label_map, shipped:
+                    ade20k_to_vspw, coco_panoptic_to_vspw) putting them onto VSPW's 124 classes.
+  single_frame_stcl for an image build (ADE20K, COCO) in `dir` or a mixture entry: "spatial" = the frame's
+                    pixels contrast with each other (anchors and contrast from the one frame), "skip" = no STCL
+                    on those samples (CE only).
+  mixture           name -> mixture_source(dir, ratio, label_map, split, single_frame_stcl): more builds mixed
+                    into training, each drawn for `ratio` of the clips (`dir` gets the rest). All sources must
+                    land in one label space: the VSPW one when any label_map is set, else `dir`'s classes.
 """
 
 import ml_collections
@@ -45,7 +53,11 @@ def base_config() -> ml_collections.ConfigDict:
     c.seed = 0
     c.total_steps = 20_000
     c.global_batch_size = 16          # clips per step over all devices (8 GPUs x 2 in the paper)
-    c.init_from = ""                  # params-only dir (stcl_jax.models.io / convert.py) to start from
+    c.init_from = ""                  # params-only export (stcl_jax.export / convert) or training workdir
+    # Leaves whose path matches one of these regexes are re-initialised when their shape differs from init_from's
+    # (the classifiers of a model pre-trained on another label set, e.g. COCO's 133 classes); any other shape
+    # difference stops the run.
+    c.init_from_reset = ("conv_seg",)
 
     c.data = ml_collections.ConfigDict()
     c.data.dir = ""
@@ -68,6 +80,9 @@ def base_config() -> ml_collections.ConfigDict:
     c.data.pseudo_dir = ""
     c.data.pseudo_split = "extra"
     c.data.pseudo_ratio = 0.0
+    c.data.label_map = ""
+    c.data.single_frame_stcl = "spatial"
+    c.data.mixture = ml_collections.ConfigDict()
 
     c.optim = ml_collections.ConfigDict()
     c.optim.learning_rate = 7e-5
@@ -127,8 +142,24 @@ def runlocal(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     c.eval.max_videos = 2
     from stcl_jax.models import model_config
 
-    c.model = model_config("micro", window_size=4)
+    c.model = model_config("micro", window_size=4, num_classes=c.model.num_classes if "model" in c else 124)
     return c
+
+
+def joint_config(name: str, label_map: str, arg, ratio: float = 0.3) -> ml_collections.ConfigDict:
+    """Swin-L on VSPW with the image build `config.data.mixture.<name>.dir` mixed into `ratio` of the clips, its
+    classes mapped onto VSPW's by `label_map` (configs/swin_l_joint_*.py; the paper gives no ratio)."""
+    c = base_config()
+    c.data.mixture[name] = mixture_source(ratio=ratio, label_map=label_map)
+    c.model = model("large", window_size=12)
+    return finish(c, arg)
+
+
+def mixture_source(dir="", ratio=0.0, label_map="", split="train", single_frame_stcl="spatial"):  # noqa: A002
+    """One `config.data.mixture` entry (see stcl_jax.data.pipeline.mixture_source)."""
+    from stcl_jax.data.pipeline import mixture_source as make
+
+    return make(dir, ratio, label_map, split, single_frame_stcl)
 
 
 def finish(c: ml_collections.ConfigDict, arg) -> ml_collections.ConfigDict:

@@ -12,8 +12,12 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(REPO, "configs"))
 import common  # noqa: E402
 import demo  # noqa: E402
+import demo_coco_pretrain  # noqa: E402
 import swin_b  # noqa: E402
 import swin_l  # noqa: E402
+import swin_l_coco_pretrain  # noqa: E402
+import swin_l_joint_ade20k  # noqa: E402
+import swin_l_joint_coco  # noqa: E402
 import swin_s  # noqa: E402
 import swin_t  # noqa: E402
 
@@ -34,7 +38,10 @@ def test_paper_recipe(module):
     assert "relative_position_bias_table" in c.optim.no_decay_patterns
 
 
-@pytest.mark.parametrize("module", [*SIZES, demo], ids=lambda m: m.__name__)
+EXTRA_DATA = [swin_l_coco_pretrain, swin_l_joint_ade20k, swin_l_joint_coco, demo_coco_pretrain]
+
+
+@pytest.mark.parametrize("module", [*SIZES, demo, *EXTRA_DATA], ids=lambda m: m.__name__)
 def test_locked_and_runlocal(module):
     c = module.get_config()
     with pytest.raises(AttributeError):
@@ -46,6 +53,26 @@ def test_locked_and_runlocal(module):
     assert tuple(small.data.crop_size) == (64, 64)
     with pytest.raises(ValueError, match="runlokal"):
         module.get_config("runlokal")
+
+
+def test_extra_data_configs():
+    pre = swin_l_coco_pretrain.get_config()
+    assert pre.model.num_classes == 133 and pre.data.num_frames == 1 and not pre.data.mixture
+    assert pre.model.size == "large" and "conv_seg" in pre.init_from_reset
+    assert swin_l_coco_pretrain.get_config("runlocal").model.num_classes == 133
+    for module, name, label_map in ((swin_l_joint_ade20k, "ade20k", "ade20k_to_vspw"),
+                                    (swin_l_joint_coco, "coco", "coco_panoptic_to_vspw")):
+        c = module.get_config()
+        assert list(c.data.mixture) == [name] and c.data.mixture[name].label_map == label_map
+        assert 0 < c.data.mixture[name].ratio < 1 and c.data.num_frames == 2 and c.model.num_classes == 124
+        with pytest.raises(AttributeError):
+            c.data.mixture[name].ratoi = 0.5
+    argv = ["prog", f"--config={REPO}/configs/swin_l_joint_ade20k.py", "--config.data.mixture.ade20k.dir=/data/ade",
+            "--config.data.mixture.ade20k.ratio=0.5"]
+    fv = flags.FlagValues()
+    config_flags.DEFINE_config_file("config", None, "config", flag_values=fv, lock_config=True, sys_argv=argv)
+    fv(argv)
+    assert fv.config.data.mixture.ade20k.dir == "/data/ade" and fv.config.data.mixture.ade20k.ratio == 0.5
 
 
 def test_demo_generates_its_data():

@@ -240,8 +240,21 @@ def vc_score(both: np.ndarray, same: np.ndarray) -> float | None:
 
 
 # ----------------------------------------------------------------------------------------------- evaluator
-def _lookup_raw_to_train():
-    from stcl_jax.data.vspw import raw_to_train_ids  # the data module owns the label mapping
+def _lookup_raw_to_train(num_classes: int = NUM_CLASSES):
+    """Raw mask -> train ids for a dataset of `num_classes` classes (raw k -> k - 1; 0, 255 -> ignore); raises
+    on values that are not a class of it. The data modules own the label conventions."""
+    from stcl_jax.data import label_map, vspw
+
+    if num_classes == vspw.NUM_CLASSES:
+        return vspw.raw_to_train_ids
+    lut, valid = label_map.raw_lut(num_classes), label_map.valid_raw_values(num_classes)
+
+    def raw_to_train_ids(mask):
+        mask = np.asarray(mask)
+        if mask.dtype != np.uint8 or not valid[mask].all():
+            bad = sorted(set(np.unique(mask).tolist()) - set(np.flatnonzero(valid).tolist()))
+            raise ValueError(f"mask holds values {bad[:10]} that are neither a class (1..{num_classes}), 0 nor 255")
+        return lut[mask]
 
     return raw_to_train_ids
 
@@ -268,7 +281,7 @@ class VSPWEvaluator:
         self.confusion = ConfusionAccumulator(num_classes, IGNORE_INDEX, devices)
         self.frames_per_update = frames_per_update or 4 * self.confusion.num_devices
         self._vc = {n: _VCState() for n in self.windows}
-        self._raw_to_train = _lookup_raw_to_train()
+        self._raw_to_train = _lookup_raw_to_train(num_classes)
         self.num_videos = self.num_frames = 0
 
     def add_video(self, name: str, raw_masks: np.ndarray, preds: np.ndarray):

@@ -104,29 +104,36 @@ def score_prediction_dir(pred_dir: str, data_root: str, split: str, *, vc_protoc
 
 def evaluate_model(predictor, data_dir: str, split: str, *, vc_protocol: str = "vspw", max_videos: int = 0,
                    save_predictions: str | None = None, vspw_ids: bool = False, process_index: int | None = None,
-                   process_count: int | None = None) -> dict:
+                   process_count: int | None = None, num_classes: int = vspw.NUM_CLASSES,
+                   raw_lut: np.ndarray | None = None, class_names=None) -> dict:
     """Runs `predictor` (frames uint8 (N, H, W, 3) -> train ids (N, H, W)) over the videos of a built split and
-    scores them. Multi-process: call it on every process (the final reduction is collective)."""
+    scores them. Multi-process: call it on every process (the final reduction is collective).
+
+    A build of another label space (ADE20K, COCO: a video per image) is scored over its `num_classes` classes,
+    or, with `raw_lut` (raw mask value -> train id, from `stcl_jax.data.label_map`), in the mapped space."""
     import jax
 
     from stcl_jax.data.records import iterate_videos
 
     index = jax.process_index() if process_index is None else process_index
     count = jax.process_count() if process_count is None else process_count
-    evaluator = metrics.VSPWEvaluator(vc_protocol=vc_protocol)
+    evaluator = metrics.VSPWEvaluator(num_classes, vc_protocol=vc_protocol)
     progress = _Progress(max_videos or 0, "evaluated")
     for video, frame_names, frames, masks in iterate_videos(data_dir, split, max_videos, process_index=index,
                                                             process_count=count):
         if masks is None:
             raise ValueError(f"video {video} of split {split!r} in {data_dir} has no labels: evaluate a labelled "
                              "split (val), or use `python -m stcl_jax.predict` for unlabelled frames")
+        if raw_lut is not None:      # into the mapped label space, in the raw encoding (id + 1, ignore = 255)
+            ids = raw_lut[masks]
+            masks = np.where(ids == vspw.IGNORE_INDEX, vspw.RAW_VOID, ids + 1).astype(np.uint8)
         preds = predictor(frames)
         evaluator.add_video(video, masks, preds)
         if save_predictions:
             for name, pred in zip(frame_names, preds):
                 write_prediction(os.path.join(save_predictions, video, name + vspw.MASK_EXT), pred, vspw_ids)
         progress.step(video, len(frames))
-    return _finish(evaluator.result())
+    return _finish(evaluator.result(), class_names)
 
 
 def evaluate_segmenter(model, variables, config, *, max_videos: int | None = None) -> dict:
@@ -140,11 +147,29 @@ def evaluate_segmenter(model, variables, config, *, max_videos: int | None = Non
                                     crop=tuple(config.eval.crop), stride=tuple(config.eval.stride),
                                     mean=tuple(config.data.mean), std=tuple(config.data.std))
     limit = config.eval.get("max_videos", 0) if max_videos is None else max_videos
-    return evaluate_model(predictor, config.data.dir, config.data.val_split, max_videos=limit)
+    names, lut = validation_label_space(config.data)
+    if len(names) != config.model.num_classes:
+        raise ValueError(f"config.model.num_classes={config.model.num_classes} but {config.data.dir} is scored over "
+                         f"{len(names)} classes")
+    return evaluate_model(predictor, config.data.dir, config.data.val_split, max_videos=limit,
+                          num_classes=len(names), raw_lut=lut, class_names=names)
 
 
-def _finish(result: dict) -> dict:
-    result["class_names"] = list(vspw.CLASS_NAMES)
+def validation_label_space(data_cfg) -> tuple[list[str], np.ndarray | None]:
+    """(class names, raw -> train id table or None) that `data_cfg.dir`'s masks are scored in: its own classes,
+    or VSPW's through `data_cfg.label_map`."""
+    from stcl_jax.data import label_map, records
+
+    names = records.dataset_class_names(data_cfg.dir)
+    map_name = data_cfg.get("label_map", "") if hasattr(data_cfg, "get") else ""
+    if not map_name:
+        return list(names), None
+    class_lut = label_map.read_label_map(map_name, names, vspw.CLASS_NAMES)
+    return list(vspw.CLASS_NAMES), label_map.compose_raw_lut(len(names), class_lut)
+
+
+def _finish(result: dict, class_names=None) -> dict:
+    result["class_names"] = list(vspw.CLASS_NAMES if class_names is None else class_names)
     return result
 
 

@@ -6,7 +6,8 @@ late, progress line, TensorBoard + JSONL, NaN/inf stop, async checkpoints, SIGTE
 checkpoint and validation mIoU.
 
 Loss per step (clips of T frames, frame 0 the query): 1.0 CE(logits) + 0.4 CE(aux_logits) over every frame,
-+ 0.2 STCL(embeddings of the clip, labels taken at the embedding stride by `downsample_labels`).
++ 0.2 STCL(embeddings of the clip, labels taken at the embedding stride by `downsample_labels`; clips whose
+batch["stcl"] is False, single-frame samples with `single_frame_stcl="skip"`, count as all-ignore there).
 """
 
 import json
@@ -32,7 +33,8 @@ log = logging.getLogger("stcl_jax.train")
 
 # ------------------------------------------------------------------------------------------------- train step
 def make_train_step(model, tx, schedule, config):
-    """step(state, batch) -> (state, metrics); batch = {"image": (B, T, H, W, 3), "label": (B, T, H, W)}."""
+    """step(state, batch) -> (state, metrics); batch = {"image": (B, T, H, W, 3), "label": (B, T, H, W),
+    "stcl": (B,) bool}."""
     lc = config.loss
     ignore = config.data.ignore_index
 
@@ -51,6 +53,7 @@ def make_train_step(model, tx, schedule, config):
             emb = out["embeddings"]
             emb = emb.reshape(b, t, *emb.shape[1:])
             small = losses.downsample_labels(labels, emb.shape[2:4], ignore_index=ignore)
+            small = jnp.where(batch["stcl"][:, None, None, None], small, ignore)
             max_anchors = lc.stcl_max_anchors or None
             terms["stcl"] = losses.spatial_temporal_consistency_loss(
                 emb, small, temperature=lc.temperature, ignore_index=ignore, contrast_scope=lc.contrast_scope,
@@ -116,16 +119,11 @@ def prepare_data(config, workdir):
     if "synthetic" not in config:
         raise ValueError("config.data.dir is empty: set --config.data.dir=DIR (a dataset built by "
                          "`python -m stcl_jax.data.build`), or use configs/demo.py, which generates one")
-    from stcl_jax.data.build import build_dataset
-    from stcl_jax.data.synthetic import write_synthetic_vspw
-
     s = config.synthetic
     raw, built = os.path.join(workdir, "data", "raw"), os.path.join(workdir, "data", "built")
     done = os.path.join(built, ".complete")
     if jax.process_index() == 0 and not os.path.exists(done):
-        log.info("generating the synthetic VSPW dataset (%d videos x %d frames) in %s", s.videos, s.frames, raw)
-        write_synthetic_vspw(raw, s.videos, s.frames, size=tuple(s.size), seed=s.seed)
-        build_dataset(raw, built, splits=(config.data.train_split, config.data.val_split))
+        _write_synthetic(s, raw, built, (config.data.train_split, config.data.val_split))
         open(done, "w").close()
     if jax.process_count() > 1:
         from jax.experimental import multihost_utils
@@ -136,6 +134,27 @@ def prepare_data(config, workdir):
         config.data.dir = built
     config.lock()
     return config
+
+
+def _write_synthetic(s, raw, built, splits):
+    """Generates the `config.synthetic` dataset (layout vspw: videos x frames; coco-panoptic: train / val images)
+    in `raw` and builds it into `built`."""
+    from stcl_jax.data.build import build_dataset
+
+    layout = s.get("layout", "vspw")
+    if layout == "vspw":
+        from stcl_jax.data.synthetic import write_synthetic_vspw
+
+        log.info("generating the synthetic VSPW dataset (%d videos x %d frames) in %s", s.videos, s.frames, raw)
+        write_synthetic_vspw(raw, s.videos, s.frames, size=tuple(s.size), seed=s.seed)
+    elif layout == "coco-panoptic":
+        from stcl_jax.data.synthetic_images import write_synthetic_coco_panoptic
+
+        log.info("generating the synthetic COCO panoptic images (%d train, %d val) in %s", s.train, s.val, raw)
+        write_synthetic_coco_panoptic(raw, images={"train": s.train, "val": s.val}, size=tuple(s.size), seed=s.seed)
+    else:
+        raise ValueError(f"config.synthetic.layout={layout!r}: expected 'vspw' or 'coco-panoptic'")
+    build_dataset(raw, built, splits=splits, dataset=layout)
 
 
 def save_config(config, workdir):
@@ -159,6 +178,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
     local_batch = mesh_lib.check_batch_size(config.global_batch_size, mesh)
     log.info("mesh %s over %d devices (%d processes); global batch %d clips, %d per process", dict(mesh.shape),
              jax.device_count(), jax.process_count(), config.global_batch_size, local_batch)
+    _check_label_space(config)
     model = build_segmenter(config.model)
     tx, schedule = make_optimizer(config)
     crop, frames = tuple(config.data.crop_size), config.data.num_frames
@@ -178,13 +198,15 @@ def train_and_evaluate(config, workdir: str) -> dict:
     else:
         state = state_lib.create_train_state(model, tx, (1, *crop, 3), config.seed, shardings)
         if config.init_from:
-            state = _init_from(config.init_from, state, tx, shardings, workdir)
+            state = _init_from(config.init_from, state, tx, shardings, workdir,
+                               tuple(config.get("init_from_reset", ())))
     log.info("model: %.2f M parameters; starting at step %d of %d", state_lib.param_count(state.params) / 1e6,
              int(state.step), config.total_steps)
 
     # --- the step, compiled once
     g = config.global_batch_size
-    batch_shapes = {"image": ((g, frames, *crop, 3), jnp.float32), "label": ((g, frames, *crop), jnp.int32)}
+    batch_shapes = {"image": ((g, frames, *crop, 3), jnp.float32), "label": ((g, frames, *crop), jnp.int32),
+                    "stcl": ((g,), jnp.bool_)}
     train_step = compile_train_step(make_train_step(model, tx, schedule, config), abstract, shardings,
                                     batch_shapes, mesh)
 
@@ -230,18 +252,32 @@ def train_and_evaluate(config, workdir: str) -> dict:
     return final
 
 
-def _init_from(path, state, tx, shardings, workdir):
-    """Loads a params-only export (stcl_jax.models.io / convert.py) into a fresh state; writes the key report."""
+def _init_from(path, state, tx, shardings, workdir, reset_patterns=()):
+    """Loads a params-only export (stcl_jax.export / convert) or the newest checkpoint of a training workdir into
+    a fresh state; leaves matching `reset_patterns` whose shape differs (a classifier for another label set) are
+    re-initialised; any other shape mismatch is an error. Writes the key report to workdir/init_from_report.json."""
     from stcl_jax.models.io import load_variables
 
-    loaded, _ = load_variables(path)
-    state, report = state_lib.merge_pretrained(state, loaded, tx, shardings, source=path)
+    if os.path.isdir(os.path.join(path, "checkpoints")) and not os.path.isfile(os.path.join(path, "model_config.json")):
+        from stcl_jax.export import restore_variables
+
+        loaded, _, step = restore_variables(path)
+        log.info("init_from %s: the training workdir's checkpoint at step %d (params and batch_stats only)", path,
+                 step)
+    else:
+        loaded, _ = load_variables(path)
+    state, report = state_lib.merge_pretrained(state, loaded, tx, shardings, source=path,
+                                               reset_patterns=reset_patterns)
     if jax.process_index() == 0:
         with open(os.path.join(workdir, "init_from_report.json"), "w", encoding="utf-8") as f:
             json.dump(report, f, indent=1)
     if not report["loaded"]:
         raise ValueError(f"config.init_from={path!r}: none of its {len(report['unused'])} arrays matches a model "
                          "parameter by name and shape; is it an export of this architecture?")
+    if report["mismatched"]:
+        raise ValueError(f"config.init_from={path!r}: {len(report['mismatched'])} arrays differ in shape from the "
+                         f"model's: {report['mismatched'][:5]}; train with the architecture they come from, or add a "
+                         "regex matching them to config.init_from_reset to re-initialise them")
     return state
 
 
@@ -270,8 +306,22 @@ class _StepLogger:
             self.sums, self.count = {}, 0
 
 
+def _check_label_space(config):
+    """The classes the data trains (one label space over every source) must be the model's classifier."""
+    from stcl_jax.data.pipeline import training_sources
+
+    names, sources = training_sources(config.data)
+    if len(names) != config.model.num_classes:
+        raise ValueError(f"config.model.num_classes={config.model.num_classes}, but the training data's label space "
+                         f"has {len(names)} classes (those of {config.data.dir}, or VSPW's when a label_map is "
+                         f"set): set --config.model.num_classes={len(names)}")
+    for s in sources:
+        log.info("training source %-8s %5.1f%% of clips: %s [%s]%s", s.name, 100 * s.weight, s.dir, s.split,
+                 " (single frames, STCL " + ("within the frame)" if s.stcl else "skipped)") if s.single_frame else "")
+
+
 def _check_batch(batch, local_batch, frames, crop):
-    want = {"image": (local_batch, frames, *crop, 3), "label": (local_batch, frames, *crop)}
+    want = {"image": (local_batch, frames, *crop, 3), "label": (local_batch, frames, *crop), "stcl": (local_batch,)}
     for k, shape in want.items():
         if k not in batch or tuple(np.shape(batch[k])) != shape:
             got = tuple(np.shape(batch[k])) if k in batch else "missing"

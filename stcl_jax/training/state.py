@@ -6,7 +6,8 @@ dropout / drop-path masks as an uninterrupted one.
 """
 
 import logging
-from typing import Any
+import re
+from typing import Any, Sequence
 
 import flax
 import jax
@@ -61,15 +62,19 @@ def param_count(params) -> int:
     return int(sum(np.prod(x.shape) for x in jax.tree_util.tree_leaves(params)))
 
 
-def merge_pretrained(state: TrainState, loaded: dict, tx, shardings, source: str = "") -> tuple[TrainState, dict]:
+def merge_pretrained(state: TrainState, loaded: dict, tx, shardings, source: str = "",
+                     reset_patterns: Sequence[str] = ()) -> tuple[TrainState, dict]:
     """Copies the leaves of `loaded` ({"params", "batch_stats"}) that match `state` by path and shape.
 
     Returns the new state (optimizer state re-initialised for the new parameters) and a report
-    {"loaded": [...], "missing": [...], "unused": [...], "mismatched": [...]} of "/"-joined paths: `missing`
-    are model leaves the file lacks (kept at their initial values), `unused` are file leaves the model lacks,
-    `mismatched` are "path: file shape vs model shape" (kept at their initial values).
+    {"loaded": [...], "missing": [...], "unused": [...], "mismatched": [...], "reset": [...]} of "/"-joined
+    paths: `missing` are model leaves the file lacks (kept at their initial values), `unused` are file leaves the
+    model lacks, `reset` are leaves matching one of the `reset_patterns` regexes whose shape differs from the
+    file's (a classifier trained on another label set: re-initialised), `mismatched` are the other shape
+    differences, "path: file shape vs model shape" (kept at their initial values).
     """
-    report = {"loaded": [], "missing": [], "unused": [], "mismatched": []}
+    report = {"loaded": [], "missing": [], "unused": [], "mismatched": [], "reset": []}
+    resets = [re.compile(p) for p in reset_patterns]
     merged = {}
     for group in ("params", "batch_stats"):
         ours = getattr(state, group)
@@ -85,7 +90,8 @@ def merge_pretrained(state: TrainState, loaded: dict, tx, shardings, source: str
             seen.add(name)
             value = np.asarray(theirs[name])
             if value.shape != leaf.shape:
-                report["mismatched"].append(f"{full}: {value.shape} in {source or 'the file'} vs {leaf.shape}")
+                kind = "reset" if any(r.search(full) for r in resets) else "mismatched"
+                report[kind].append(f"{full}: {value.shape} in {source or 'the file'} vs {leaf.shape}")
                 return leaf
             report["loaded"].append(full)
             value = value.astype(leaf.dtype)
@@ -95,8 +101,11 @@ def merge_pretrained(state: TrainState, loaded: dict, tx, shardings, source: str
         report["unused"].extend(f"{group}/{k}" for k in sorted(set(theirs) - seen))
     opt_state = jax.jit(tx.init, out_shardings=shardings.opt_state)(merged["params"])
     new = state.replace(params=merged["params"], batch_stats=merged["batch_stats"], opt_state=opt_state)
-    log.info("init_from %s: %d leaves loaded, %d missing, %d unused, %d shape mismatches", source,
-                 len(report["loaded"]), len(report["missing"]), len(report["unused"]), len(report["mismatched"]))
+    log.info("init_from %s: %d leaves loaded, %d re-initialised, %d missing, %d unused, %d shape mismatches", source,
+             len(report["loaded"]), len(report["reset"]), len(report["missing"]), len(report["unused"]),
+             len(report["mismatched"]))
+    for item in report["reset"]:
+        log.info("init_from %s: re-initialised (reset) %s", source, item)
     for kind in ("missing", "unused", "mismatched"):
         for item in report[kind]:
             log.warning("init_from %s: %s %s", source, kind, item)

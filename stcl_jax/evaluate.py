@@ -4,7 +4,8 @@ Score existing predictions (`DIR/<video>/<frame>.png`, train ids 0..123, the gro
 
     python -m stcl_jax.evaluate --predictions DIR --data-root VSPW_480p --split val [--json OUT]
 
-Run a model over a built split (`stcl_jax.data.build --output DIR`) and score it:
+Run a model over a built split (`stcl_jax.data.build --output DIR`, any dataset: an ADE20K / COCO build is
+scored over its own classes, or over VSPW's with `--label-map`) and score it:
 
     python -m stcl_jax.evaluate --checkpoint CKPT --data DIR --split val [--config CFG[:arg]] [--tta]
         [--ensemble CKPT2 ...] [--save-predictions PRED_DIR] [--json OUT]
@@ -41,6 +42,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--save-predictions", help="write prediction PNGs (train ids) to this folder")
     p.add_argument("--vc-protocol", choices=("vspw", "cffm"), default="vspw")
     p.add_argument("--max-videos", type=int, default=0, help="0 = every video of the split")
+    p.add_argument("--label-map", default="", help="model form: score the build's masks mapped onto VSPW's classes "
+                   "by this mapping file (e.g. ade20k_to_vspw); default: the build's own classes")
     p.add_argument("--json", help="write the scores here")
     return p
 
@@ -65,10 +68,16 @@ def main(argv=None) -> int:
 
         from stcl_jax.evaluation import inference
 
+        names, raw_lut = runner.validation_label_space(a.data, a.label_map)
+        for path, (_, variables) in zip([a.checkpoint, *a.ensemble], members):
+            if cli.num_classes(variables) != len(names):
+                p.error(f"{path} predicts {cli.num_classes(variables)} classes but {a.data} is scored over "
+                        f"{len(names)}" + ("" if a.label_map else " (map a build onto VSPW with --label-map)"))
         log.info("inference: %s, %d model(s)", options, len(members))
         predictor = inference.Predictor(members, **options)
         result = runner.evaluate_model(predictor, a.data, a.split, vc_protocol=a.vc_protocol,
-                                       max_videos=a.max_videos, save_predictions=a.save_predictions)
+                                       max_videos=a.max_videos, save_predictions=a.save_predictions,
+                                       num_classes=len(names), raw_lut=raw_lut, class_names=names)
         result["inference"] = {k: v for k, v in options.items() if k != "batch_size"}
         result["checkpoints"] = [a.checkpoint, *a.ensemble]
         json_path = a.json or os.path.join(a.checkpoint, f"eval_{a.split}.json")

@@ -53,3 +53,10 @@ def test_layout_helpers(tmp_path):
     assert vspw.frame_path(root, video, "00000030") == str(origin / "00000030.jpg")
     with pytest.raises(FileNotFoundError, match="7_x"):
         vspw.frame_names(root, "7_x")
+
+
+def test_colorize_continues_the_palette_for_larger_label_sets():
+    ids = np.arange(140, dtype=np.uint8)[None]
+    colours = vspw.colorize(ids)[0]
+    np.testing.assert_array_equal(colours[:vspw.NUM_CLASSES], vspw.PALETTE)
+    assert len({tuple(c) for c in colours}) == 140 and colours[124:].any(axis=1).all()

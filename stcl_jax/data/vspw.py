@@ -69,6 +69,7 @@ def _bit_interleaved_palette(n: int, offset: int) -> np.ndarray:
 # All 124 colours are distinct.
 PALETTE = _bit_interleaved_palette(NUM_CLASSES, offset=1)
 PALETTE.setflags(write=False)
+_PALETTE_254 = _bit_interleaved_palette(254, offset=1)   # the same colours, continued for larger label sets
 
 
 def raw_to_train_ids(mask: np.ndarray) -> np.ndarray:
@@ -104,10 +105,11 @@ def invalid_raw_values(mask: np.ndarray) -> list[int]:
 
 
 def colorize(train_ids: np.ndarray, ignore_color: Sequence[int] = (0, 0, 0)) -> np.ndarray:
-    """Train ids (H, W) -> RGB uint8 (H, W, 3) with PALETTE; ignored pixels get `ignore_color`."""
+    """Train ids (H, W) -> RGB uint8 (H, W, 3) with PALETTE (continued past 124 for models of other label sets,
+    e.g. COCO's 133 classes); ignored pixels get `ignore_color`."""
     ids = np.asarray(train_ids)
     lut = np.zeros((256, 3), np.uint8)
-    lut[:NUM_CLASSES] = PALETTE
+    lut[:254] = _PALETTE_254
     lut[IGNORE_INDEX] = ignore_color
     return lut[ids.astype(np.uint8)]
 

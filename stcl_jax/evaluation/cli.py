@@ -60,6 +60,11 @@ def load_members(paths) -> list:
     return members
 
 
+def num_classes(variables) -> int:
+    """The number of classes a segmenter's variables predict (its decode head's classifier)."""
+    return int(variables["params"]["decode_head"]["conv_seg"]["bias"].shape[0])
+
+
 def inference_options(a, config=None) -> dict:
     """`inference.Predictor` keyword arguments from the flags, else `config.eval` / `config.data`, else mmseg's."""
     from stcl_jax.evaluation import inference

@@ -66,13 +66,21 @@ def _read_mask(path: str) -> np.ndarray:
 
 # ------------------------------------------------------------------------------------------------ progress
 class _Progress:
-    def __init__(self, total_videos: int, what: str):
+    """A progress line per video, at most one every `every_s` seconds (image builds have thousands of 1-frame
+    videos) besides the first."""
+
+    def __init__(self, total_videos: int, what: str, every_s: float = 5.0):
         self.total, self.what, self.start, self.frames, self.videos = total_videos, what, time.time(), 0, 0
+        self.every_s, self.last = every_s, None
 
     def step(self, name: str, frames: int):
         self.videos += 1
         self.frames += frames
-        dt = max(time.time() - self.start, 1e-9)
+        now = time.time()
+        if self.last is not None and now - self.last < self.every_s and self.videos != self.total:
+            return
+        self.last = now
+        dt = max(now - self.start, 1e-9)
         eta = f", ETA {dt / self.videos * (self.total - self.videos):.0f} s" if self.total > 0 else ""
         log.info("%s %d/%s %s: %d frames, %.2f frames/s%s", self.what, self.videos, self.total or "?", name,
                  frames, self.frames / dt, eta)
@@ -147,7 +155,7 @@ def evaluate_segmenter(model, variables, config, *, max_videos: int | None = Non
                                     crop=tuple(config.eval.crop), stride=tuple(config.eval.stride),
                                     mean=tuple(config.data.mean), std=tuple(config.data.std))
     limit = config.eval.get("max_videos", 0) if max_videos is None else max_videos
-    names, lut = validation_label_space(config.data)
+    names, lut = validation_label_space(config.data.dir, config.data.get("label_map", ""))
     if len(names) != config.model.num_classes:
         raise ValueError(f"config.model.num_classes={config.model.num_classes} but {config.data.dir} is scored over "
                          f"{len(names)} classes")
@@ -155,13 +163,12 @@ def evaluate_segmenter(model, variables, config, *, max_videos: int | None = Non
                           num_classes=len(names), raw_lut=lut, class_names=names)
 
 
-def validation_label_space(data_cfg) -> tuple[list[str], np.ndarray | None]:
-    """(class names, raw -> train id table or None) that `data_cfg.dir`'s masks are scored in: its own classes,
-    or VSPW's through `data_cfg.label_map`."""
+def validation_label_space(data_dir: str, map_name: str = "") -> tuple[list[str], np.ndarray | None]:
+    """(class names, raw -> train id table or None) that the masks of the build `data_dir` are scored in: its own
+    classes, or VSPW's through the mapping file `map_name` (stcl_jax.data.label_map)."""
     from stcl_jax.data import label_map, records
 
-    names = records.dataset_class_names(data_cfg.dir)
-    map_name = data_cfg.get("label_map", "") if hasattr(data_cfg, "get") else ""
+    names = records.dataset_class_names(data_dir)
     if not map_name:
         return list(names), None
     class_lut = label_map.read_label_map(map_name, names, vspw.CLASS_NAMES)

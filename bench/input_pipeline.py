@@ -1,5 +1,6 @@
 """Input pipeline throughput: frames/s of JPEG/PNG decode + clip augmentation (resize 0.5-2.0, 768 crop, flip,
-photometric, normalise), for one worker and for K worker processes.
+photometric, normalise), for one worker and for K worker processes, with float32 batches normalised on the host
+and with uint8 batches (`config.data.device_normalize`, normalised in the train step).
 
     python bench/input_pipeline.py [--data BUILT_DIR] [--size 480x853] [--crop 768] [--workers 0,2] [--batches 20]
 
@@ -28,22 +29,25 @@ def _size(text):
 
 
 def microbench(data_dir, cfg, n=20):
-    """(wall, CPU) seconds per frame of decode (JPEG + PNG) and of augmentation, in this process. CPU time is
-    what a frame costs a core even when other programs share the machine."""
+    """(wall, CPU) seconds per frame of decode (JPEG + PNG) and of augmentation (float32 output normalised on the
+    host, and uint8 output for normalisation on the device), in this process. CPU time is what a frame costs a
+    core even when other programs share the machine."""
     src = records.open_split(data_dir, cfg.train_split)
     recs = [src[i % len(src)] for i in range(n)]
     w0, c0 = time.perf_counter(), time.process_time()
     imgs = [records.decode_image(r["image"]) for r in recs]
     labs = [vspw.raw_to_train_ids(records.decode_mask(r["mask"])) for r in recs]
     decode = ((time.perf_counter() - w0) / n, (time.process_time() - c0) / n)
-    rng = np.random.default_rng(0)
     aug_kwargs = pipeline.ClipLoader([src], cfg).aug
     t = int(cfg.num_frames)
-    w0, c0 = time.perf_counter(), time.process_time()
-    for i in range(0, n - t + 1, t):
-        augment.augment_clip(rng, np.stack(imgs[i:i + t]), np.stack(labs[i:i + t]), **aug_kwargs)
     frames = n // t * t
-    aug = ((time.perf_counter() - w0) / frames, (time.process_time() - c0) / frames)
+    aug = {}
+    for name, fn in (("float32", augment.augment_clip), ("uint8", augment.augment_clip_uint8)):
+        rng = np.random.default_rng(0)                  # the same draws for both forms
+        w0, c0 = time.perf_counter(), time.process_time()
+        for i in range(0, n - t + 1, t):
+            fn(rng, np.stack(imgs[i:i + t]), np.stack(labs[i:i + t]), **aug_kwargs)
+        aug[name] = ((time.perf_counter() - w0) / frames, (time.process_time() - c0) / frames)
     return decode, aug
 
 
@@ -84,17 +88,21 @@ def main():
             build.build_dataset(raw, data, splits=("train",), progress=False)
         cfg = pipeline.default_data_config()
         cfg.dir, cfg.crop_size, cfg.num_frames = data, (a.crop, a.crop), a.clip_length
-        (dec_wall, dec_cpu), (aug_wall, aug_cpu) = microbench(data, cfg)
-        print(f"one process, wall: decode {1e3 * dec_wall:.1f} ms/frame (JPEG+PNG), augmentation "
-              f"{1e3 * aug_wall:.1f} ms/frame -> {1 / (dec_wall + aug_wall):.1f} frames/s")
-        print(f"one process, CPU time: decode {1e3 * dec_cpu:.1f} ms/frame, augmentation {1e3 * aug_cpu:.1f} ms/frame"
-              f" -> {1 / (dec_cpu + aug_cpu):.1f} frames/s per busy core")
+        (dec_wall, dec_cpu), aug = microbench(data, cfg)
+        for form, (aug_wall, aug_cpu) in aug.items():
+            print(f"[{form} output] one process, wall: decode {1e3 * dec_wall:.1f} ms/frame (JPEG+PNG), augmentation "
+                  f"{1e3 * aug_wall:.1f} ms/frame -> {1 / (dec_wall + aug_wall):.1f} frames/s")
+            print(f"[{form} output] one process, CPU time: decode {1e3 * dec_cpu:.1f} ms/frame, augmentation "
+                  f"{1e3 * aug_cpu:.1f} ms/frame -> {1 / (dec_cpu + aug_cpu):.1f} frames/s per busy core")
         print(f"load average before timing the loaders: {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs")
         for w in (int(x) for x in a.workers.split(",")):
-            fps = throughput(cfg, a.batch, a.batches, w)
-            label = "in-process, 1 thread" if w == 0 else f"{w} worker processes"
-            print(f"loader ({label}): {fps:.1f} frames/s  (crop {a.crop}, clip {a.clip_length}, batch {a.batch}, "
-                  f"{a.batches} batches, {os.cpu_count()} CPUs)", flush=True)
+            for device_normalize in (False, True):
+                cfg.device_normalize = device_normalize
+                fps = throughput(cfg, a.batch, a.batches, w)
+                label = "in-process, 1 thread" if w == 0 else f"{w} worker processes"
+                form = "uint8, normalised on device" if device_normalize else "float32"
+                print(f"loader ({label}, {form}): {fps:.1f} frames/s  (crop {a.crop}, clip {a.clip_length}, "
+                      f"batch {a.batch}, {a.batches} batches, {os.cpu_count()} CPUs)", flush=True)
 
 
 if __name__ == "__main__":

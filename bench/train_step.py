@@ -30,7 +30,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 import common  # noqa: E402
 
 from stcl_jax.models import build_segmenter, model_config  # noqa: E402
-from stcl_jax.training import loop, mesh as mesh_lib, optim, state as state_lib  # noqa: E402
+from stcl_jax.training import inputs, loop, mesh as mesh_lib, optim, state as state_lib  # noqa: E402
 
 # Dense bf16 peak TFLOP/s per device (vendor datasheets, SXM parts).
 PEAK_TFLOPS = {"H100": 989.0, "H200": 989.0, "A100": 312.0, "L40S": 362.0}
@@ -86,6 +86,24 @@ def jax_config(args, stcl: bool):
     return c
 
 
+def random_batch(spec: dict, num_classes: int, seed: int = 0) -> dict:
+    """A batch of the step's input spec (stcl_jax.training.inputs.batch_spec) with random content."""
+    rng = np.random.default_rng(seed)
+    out = {}
+    for k, (shape, dtype) in spec.items():
+        if k == "label":
+            out[k] = rng.integers(0, num_classes, size=shape).astype(np.int32)
+        elif k == "image_hw":
+            out[k] = np.full(shape, 2 ** 30, np.int32)            # the whole crop is valid (no padding)
+        elif k == "stcl":
+            out[k] = np.ones(shape, bool)
+        elif np.dtype(dtype) == np.uint8:
+            out[k] = rng.integers(0, 256, size=shape, dtype=np.uint8)
+        else:
+            out[k] = rng.normal(size=shape).astype(np.float32)
+    return out
+
+
 def bench_jax(args, stcl: bool) -> dict:
     c = jax_config(args, stcl)
     mesh = mesh_lib.make_mesh(jax.local_devices())
@@ -94,7 +112,7 @@ def bench_jax(args, stcl: bool) -> dict:
     crop, g, t = tuple(c.data.crop_size), c.global_batch_size, c.data.num_frames
     abstract, shardings = state_lib.abstract_state_and_shardings(model, tx, (1, *crop, 3), mesh, c.mesh)
     state = state_lib.create_train_state(model, tx, (1, *crop, 3), 0, shardings)
-    shapes = {"image": ((g, t, *crop, 3), jnp.float32), "label": ((g, t, *crop), jnp.int32), "stcl": ((g,), jnp.bool_)}
+    shapes = inputs.batch_spec(c, g)
     t0 = time.perf_counter()
     step = loop.compile_train_step(loop.make_train_step(model, tx, schedule, c), abstract, shardings, shapes, mesh)
     compile_s = time.perf_counter() - t0
@@ -102,11 +120,7 @@ def bench_jax(args, stcl: bool) -> dict:
     cost = step.cost_analysis()
     cost = cost[0] if isinstance(cost, (list, tuple)) else cost
     flops = float(cost.get("flops", 0.0)) if cost else 0.0
-    rng = np.random.default_rng(0)
-    batch = mesh_lib.global_batch({
-        "image": rng.normal(size=shapes["image"][0]).astype(np.float32),
-        "label": rng.integers(0, c.model.num_classes, size=shapes["label"][0]).astype(np.int32),
-        "stcl": np.ones(g, bool)}, mesh)
+    batch = mesh_lib.global_batch(random_batch(shapes, c.model.num_classes), mesh)
     holder = {"state": state}
 
     def run():

@@ -119,3 +119,22 @@ def test_mismatched_clip_is_rejected():
     with pytest.raises(ValueError, match="do not match"):
         augment.augment_clip(np.random.default_rng(0), np.zeros((2, 4, 4, 3), np.uint8), np.zeros((2, 4, 5), np.uint8),
                              **_kwargs())
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_uint8_output_normalised_on_device_equals_host_normalisation(seed):
+    """augment_clip_uint8 + inputs.normalize_padded == augment_clip: same geometry and draws, same values,
+    zeros in the padding (scale ratios below 1 make the clip smaller than the crop)."""
+    import jax.numpy as jnp
+
+    from stcl_jax.training.inputs import normalize_padded
+
+    img, lab, _ = _pattern_clip(2)
+    kw = _kwargs(scale_range=(0.4, 1.2), photometric_distortion=True)
+    ref, ref_lab = augment.augment_clip(np.random.default_rng(seed), img, lab, **kw)
+    raw, raw_lab, hw = augment.augment_clip_uint8(np.random.default_rng(seed), img, lab, **kw)
+    assert raw.dtype == np.uint8 and raw.shape == ref.shape and hw.dtype == np.int32
+    np.testing.assert_array_equal(raw_lab, ref_lab)
+    assert (raw[:, hw[0]:] == 0).all() and (raw[:, :, hw[1]:] == 0).all()
+    out = normalize_padded(jnp.asarray(raw)[None], jnp.asarray(hw)[None], MEAN, STD)[0]
+    np.testing.assert_allclose(np.asarray(out), ref, rtol=0, atol=2e-6)

@@ -68,15 +68,38 @@ def test_batches_contract_and_clips_from_one_video(built):
     it = pipeline.make_train_loader(_cfg(out), seed=0, batch_size_per_host=2, with_indices=True)
     for _ in range(4):
         b = next(it)
-        assert b["image"].shape == (2, 3, 24, 24, 3) and b["image"].dtype == np.float32
+        assert b["image"].shape == (2, 3, 24, 24, 3) and b["image"].dtype == np.uint8     # device_normalize
+        assert b["image_hw"].shape == (2, 2) and (b["image_hw"] <= 24).all()
         assert b["label"].shape == (2, 3, 24, 24) and b["label"].dtype == np.int32
         assert set(np.unique(b["label"]).tolist()) <= set(range(vspw.NUM_CLASSES)) | {255}
-        assert np.abs(b["image"]).max() < 5
         for clip in b["index"]:
             video, t, n = _meta(src, clip[0])
             for i in clip[1:]:
                 v, tr, _ = _meta(src, i)
                 assert v == video and (-2 <= tr - t <= 2 and tr != t or tr in (0, n - 1))
+
+
+def test_host_and_device_normalisation_agree(built):
+    """device_normalize=False ships float32 normalised on the host; True ships uint8 + extent that the train step
+    normalises: the same batches either way."""
+    import jax.numpy as jnp
+
+    from stcl_jax.training.inputs import normalize_padded
+
+    out, _ = built
+    host = pipeline.make_train_loader(_cfg(out, device_normalize=False, scale_range=(0.5, 1.0)), seed=4,
+                                      batch_size_per_host=2)
+    device = pipeline.make_train_loader(_cfg(out, scale_range=(0.5, 1.0)), seed=4, batch_size_per_host=2)
+    padded = 0
+    for _ in range(3):
+        h, d = next(host), next(device)
+        padded += int((d["image_hw"] < 24).any(axis=1).sum())
+        assert h["image"].dtype == np.float32 and "image_hw" not in h and np.abs(h["image"]).max() < 5
+        np.testing.assert_array_equal(h["label"], d["label"])
+        x = normalize_padded(jnp.asarray(d["image"]), jnp.asarray(d["image_hw"]), pipeline.IMAGENET_MEAN,
+                             pipeline.IMAGENET_STD)
+        np.testing.assert_allclose(np.asarray(x), h["image"], rtol=0, atol=2e-6)
+    assert padded > 0                                     # scale 0.5-1.0 of 32x48 pads some 24x24 crops
 
 
 def test_determinism_and_resume(built):

@@ -116,12 +116,10 @@ def normalize(images: np.ndarray, mean: Sequence[float], std: Sequence[float], o
     return out
 
 
-def augment_clip(rng: np.random.Generator, images: np.ndarray, labels: np.ndarray, *, base_size: Sequence[int],
-                 scale_range: Sequence[float], crop_size: Sequence[int], cat_max_ratio: float, flip_prob: float,
-                 photometric_distortion: bool, mean: Sequence[float], std: Sequence[float], ignore_index: int = 255):
-    """The training augmentation of one clip. images: uint8 (T, H, W, 3) RGB; labels: uint8 (T, H, W) train ids.
-
-    Returns (float32 (T, ch, cw, 3) normalised images, int32 (T, ch, cw) labels)."""
+def _augment(rng: np.random.Generator, images: np.ndarray, labels: np.ndarray, *, base_size: Sequence[int],
+             scale_range: Sequence[float], crop_size: Sequence[int], cat_max_ratio: float, flip_prob: float,
+             photometric_distortion: bool, ignore_index: int):
+    """Resize -> crop -> flip -> photometric of one clip: uint8 (T, h, w, 3) and labels (T, h, w), h, w <= crop."""
     if images.ndim != 4 or images.shape[:3] != labels.shape:
         raise ValueError(f"clip images {images.shape} and labels {labels.shape} do not match: need (T, H, W, 3) "
                          "and (T, H, W)")
@@ -135,10 +133,44 @@ def augment_clip(rng: np.random.Generator, images: np.ndarray, labels: np.ndarra
     if photometric_distortion:
         params = draw_photometric(rng)
         images = np.stack([photometric(np.ascontiguousarray(im), params) for im in images])
+    return images, labels
+
+
+def _padded_labels(labels, crop_size, ignore_index):
     t, h, w = labels.shape
-    ch, cw = crop_size
-    out_img = np.zeros((t, ch, cw, 3), np.float32)
-    out_lab = np.full((t, ch, cw), ignore_index, np.int32)
+    out = np.full((t, *crop_size), ignore_index, np.int32)
+    out[:, :h, :w] = labels
+    return out
+
+
+def augment_clip(rng: np.random.Generator, images: np.ndarray, labels: np.ndarray, *, base_size: Sequence[int],
+                 scale_range: Sequence[float], crop_size: Sequence[int], cat_max_ratio: float, flip_prob: float,
+                 photometric_distortion: bool, mean: Sequence[float], std: Sequence[float], ignore_index: int = 255):
+    """The training augmentation of one clip. images: uint8 (T, H, W, 3) RGB; labels: uint8 (T, H, W) train ids.
+
+    Returns (float32 (T, ch, cw, 3) normalised images, int32 (T, ch, cw) labels)."""
+    images, labels = _augment(rng, images, labels, base_size=base_size, scale_range=scale_range,
+                              crop_size=crop_size, cat_max_ratio=cat_max_ratio, flip_prob=flip_prob,
+                              photometric_distortion=photometric_distortion, ignore_index=ignore_index)
+    t, h, w = labels.shape
+    out_img = np.zeros((t, *crop_size, 3), np.float32)
     normalize(images, mean, std, out=out_img[:, :h, :w])
-    out_lab[:, :h, :w] = labels
-    return out_img, out_lab
+    return out_img, _padded_labels(labels, tuple(crop_size), ignore_index)
+
+
+def augment_clip_uint8(rng: np.random.Generator, images: np.ndarray, labels: np.ndarray, *,
+                       base_size: Sequence[int], scale_range: Sequence[float], crop_size: Sequence[int],
+                       cat_max_ratio: float, flip_prob: float, photometric_distortion: bool, ignore_index: int = 255,
+                       **unused):
+    """`augment_clip` without the normalisation (done on the accelerator: 4x less to copy, half the CPU work).
+
+    Returns (uint8 (T, ch, cw, 3) images padded with 0, int32 (T, ch, cw) labels, int32 (2,) the valid (h, w)
+    top-left extent: `normalize_padded` turns the images into exactly what `augment_clip` returns)."""
+    del unused   # mean / std: applied on the device
+    images, labels = _augment(rng, images, labels, base_size=base_size, scale_range=scale_range,
+                              crop_size=crop_size, cat_max_ratio=cat_max_ratio, flip_prob=flip_prob,
+                              photometric_distortion=photometric_distortion, ignore_index=ignore_index)
+    t, h, w = labels.shape
+    out_img = np.zeros((t, *crop_size, 3), np.uint8)
+    out_img[:, :h, :w] = images
+    return out_img, _padded_labels(labels, tuple(crop_size), ignore_index), np.array([h, w], np.int32)

@@ -60,6 +60,7 @@ def default_data_config() -> ml_collections.ConfigDict:
     c.pseudo_dir = ""              # build holding pseudo-labelled records ("" = none)
     c.pseudo_split = "extra"
     c.pseudo_ratio = 0.0           # share of clips drawn from the pseudo-labelled split
+    c.device_normalize = True      # ship uint8 + valid extent, normalise on the accelerator (else float32)
     c.label_map = ""               # mapping file of dir's classes onto VSPW's ("" = keep its own classes)
     c.single_frame_stcl = "spatial"   # image builds in dir: "spatial" (STCL within the frame) or "skip"
     c.mixture = ml_collections.ConfigDict()   # name -> mixture_source(...): more datasets mixed into training
@@ -199,8 +200,15 @@ class ClipLoader(grain.transforms.RandomMap):
                         flip_prob=float(cfg.flip_prob), photometric_distortion=bool(cfg.photometric),
                         mean=tuple(cfg.mean), std=tuple(cfg.std), ignore_index=int(cfg.ignore_index))
         self.ignore_index = int(cfg.ignore_index)
+        self.uint8 = bool(_field(cfg, "device_normalize"))
         self._vspw_lut = label_map.raw_lut(vspw.NUM_CLASSES)
         self._vspw_valid = label_map.valid_raw_values(vspw.NUM_CLASSES)
+
+    def _augment(self, rng, images, labels):
+        """(images, labels) float32 normalised, or (uint8 images, labels, valid (h, w)) for device_normalize."""
+        if self.uint8:
+            return augment.augment_clip_uint8(rng, images, labels, **self.aug)
+        return augment.augment_clip(rng, images, labels, **self.aug)
 
     def _labels(self, source_id, record, shape):
         if not record["has_label"]:
@@ -223,8 +231,7 @@ class ClipLoader(grain.transforms.RandomMap):
         if single:    # an image: augmented once, repeated to fill the clip, the repeats labelled ignore
             idx = [query] * self.num_frames
             image = records.decode_image(q["image"])
-            img, lab = augment.augment_clip(rng, image[None], self._labels(source_id, q, image.shape[:2])[None],
-                                            **self.aug)
+            img, lab, *hw = self._augment(rng, image[None], self._labels(source_id, q, image.shape[:2])[None])
             image = np.repeat(img, self.num_frames, axis=0)
             label = np.concatenate([lab, np.full((self.num_frames - 1, *lab.shape[1:]), self.ignore_index,
                                                  lab.dtype)])
@@ -237,9 +244,11 @@ class ClipLoader(grain.transforms.RandomMap):
                 raise ValueError(f"video {records.text(q['video'])!r}: frames {[im.shape for im in images]} differ "
                                  "in size; a clip needs equal-size frames")
             labels = [self._labels(source_id, r, im.shape[:2]) for r, im in zip(recs, images)]
-            image, label = augment.augment_clip(rng, np.stack(images), np.stack(labels), **self.aug)
+            image, label, *hw = self._augment(rng, np.stack(images), np.stack(labels))
         out = {"image": image, "label": label,
                "stcl": np.bool_(self.specs[source_id].stcl if self.specs else True)}
+        if hw:
+            out["image_hw"] = hw[0]
         if self.with_indices:
             out["source"] = np.int32(source_id)
             out["index"] = np.asarray(idx, np.int64)
@@ -256,8 +265,9 @@ def _ensure_absl_flags_parsed():
 
 def make_train_loader(data_cfg, *, seed: int, process_index: int = 0, process_count: int = 1,
                       batch_size_per_host: int, with_indices: bool = False):
-    """A checkpointable grain DatasetIterator of {"image": float32 (b, T, H, W, 3), "label": int32 (b, T, H, W),
-    "stcl": bool (b,)}.
+    """A checkpointable grain DatasetIterator of {"image": (b, T, H, W, 3), "label": int32 (b, T, H, W),
+    "stcl": bool (b,)}: images float32 normalised, or with `device_normalize` uint8 padded with 0 plus
+    "image_hw" int32 (b, 2), the valid extent (`stcl_jax.training.inputs.normalize_padded` finishes them).
 
     Infinite (epochs reshuffled). `with_indices=True` adds "source" (b,) and "index" (b, T): the source (position
     in `training_sources(data_cfg)[1]`: 0 = train, then pseudo, then mixture entries by name) and record indices

@@ -23,6 +23,7 @@ import optax
 from stcl_jax import losses
 from stcl_jax.models import build_segmenter
 from stcl_jax.training import checkpoint as ckpt_lib
+from stcl_jax.training import inputs as inputs_lib
 from stcl_jax.training import logging as log_lib
 from stcl_jax.training import mesh as mesh_lib
 from stcl_jax.training import state as state_lib
@@ -34,12 +35,12 @@ log = logging.getLogger("stcl_jax.train")
 # ------------------------------------------------------------------------------------------------- train step
 def make_train_step(model, tx, schedule, config):
     """step(state, batch) -> (state, metrics); batch = {"image": (B, T, H, W, 3), "label": (B, T, H, W),
-    "stcl": (B,) bool}."""
+    "stcl": (B,) bool} (+ "image_hw" (B, 2) with uint8 images: see stcl_jax.training.inputs)."""
     lc = config.loss
     ignore = config.data.ignore_index
 
     def loss_fn(params, batch_stats, batch, rng):
-        images, labels = batch["image"], batch["label"]
+        images, labels = inputs_lib.train_images(batch, config.data), batch["label"]
         b, t, h, w = labels.shape
         k_dropout, k_drop_path, k_anchors = jax.random.split(rng, 3)
         out, updates = model.apply({"params": params, "batch_stats": batch_stats},
@@ -205,8 +206,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
 
     # --- the step, compiled once
     g = config.global_batch_size
-    batch_shapes = {"image": ((g, frames, *crop, 3), jnp.float32), "label": ((g, frames, *crop), jnp.int32),
-                    "stcl": ((g,), jnp.bool_)}
+    batch_shapes = inputs_lib.batch_spec(config, g)
     train_step = compile_train_step(make_train_step(model, tx, schedule, config), abstract, shardings,
                                     batch_shapes, mesh)
 
@@ -220,7 +220,8 @@ def train_and_evaluate(config, workdir: str) -> dict:
     final = {}
     try:
         while step < config.total_steps:
-            batch = mesh_lib.global_batch(_check_batch(next(data_iter), local_batch, frames, crop), mesh)
+            batch = mesh_lib.global_batch(_check_batch(next(data_iter), inputs_lib.batch_spec(config, local_batch)),
+                                          mesh)
             state, metrics = train_step(state, batch)
             step += 1
             if pending is not None:
@@ -320,13 +321,13 @@ def _check_label_space(config):
                  " (single frames, STCL " + ("within the frame)" if s.stcl else "skipped)") if s.single_frame else "")
 
 
-def _check_batch(batch, local_batch, frames, crop):
-    want = {"image": (local_batch, frames, *crop, 3), "label": (local_batch, frames, *crop), "stcl": (local_batch,)}
-    for k, shape in want.items():
-        if k not in batch or tuple(np.shape(batch[k])) != shape:
-            got = tuple(np.shape(batch[k])) if k in batch else "missing"
-            raise ValueError(f"the data loader gave batch[{k!r}] of shape {got}, expected {shape} "
-                             "(config.global_batch_size / process count, config.data.num_frames, crop_size)")
+def _check_batch(batch, spec):
+    for k, (shape, dtype) in spec.items():
+        if k not in batch or tuple(np.shape(batch[k])) != shape or np.asarray(batch[k]).dtype != dtype:
+            got = f"{np.asarray(batch[k]).dtype}{tuple(np.shape(batch[k]))}" if k in batch else "missing"
+            raise ValueError(f"the data loader gave batch[{k!r}] = {got}, expected {np.dtype(dtype)}{shape} "
+                             "(config.global_batch_size / process count, config.data.num_frames, crop_size, "
+                             "device_normalize)")
     return batch
 
 

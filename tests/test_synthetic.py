@@ -52,6 +52,26 @@ def test_layout_labels_and_determinism(tmp_path):
     assert _digest(root) == _digest(root_b)
 
 
+def test_same_files_in_processes_with_different_string_hashing(tmp_path):
+    """Determinism across processes: nothing may depend on set / dict-of-set order (PYTHONHASHSEED)."""
+    import subprocess
+    import sys
+
+    commands = {"vspw": ["-m", "stcl_jax.data.synthetic", "--videos", "2", "--frames", "2", "--size", "24x32"],
+                "ade20k": ["-m", "stcl_jax.data.synthetic_images", "--layout", "ade20k", "--train", "2", "--val",
+                           "1", "--size", "24x32"],
+                "coco": ["-m", "stcl_jax.data.synthetic_images", "--layout", "coco-panoptic", "--train", "2",
+                         "--val", "1", "--size", "24x32"]}
+    for name, args in commands.items():
+        digests = set()
+        for hash_seed in ("1", "2"):
+            out = str(tmp_path / f"{name}_{hash_seed}")
+            subprocess.run([sys.executable, *args, "--output", out], check=True, capture_output=True,
+                           env={**os.environ, "PYTHONHASHSEED": hash_seed})
+            digests.add(_digest(out))
+        assert len(digests) == 1, name
+
+
 def test_cli(tmp_path):
     synthetic.main(["--output", str(tmp_path), "--videos", "1", "--frames", "2", "--size", "16x24"])
     (video,) = vspw.read_split(str(tmp_path), "train")

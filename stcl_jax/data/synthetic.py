@@ -90,7 +90,8 @@ class _Video:
         self.scene = str(rng.choice(sorted(SCENES)))
         bands, objects = SCENES[self.scene]
         self.bands = [(name, edge + rng.uniform(-0.05, 0.05) * (edge < 1)) for name, edge in bands]
-        names = {n for n, _ in self.bands} | set(objects) | {"others"}
+        # sorted: the draws below must not follow set order, which changes with each process's string hashing
+        names = sorted({n for n, _ in self.bands} | set(objects) | {"others"})
         self.light = rng.uniform(0.85, 1.15)
         self.colour = {n: np.clip(np.array(LOOK[n][0]) * self.light
                                   + rng.uniform(-12, 12, 3), 0, 255) for n in names}

@@ -86,6 +86,21 @@ def restore_variables(workdir: str, step: int | None = None) -> tuple[dict, obje
     return jax.tree.map(np.asarray, variables), model_cfg, step
 
 
+def load_trained_variables(path: str, what: str = "path") -> tuple[dict, object]:
+    """({"params", "batch_stats"}, model config) of a params-only export (model_config.json) or of the newest
+    checkpoint of a training workdir (checkpoints/); `what` names the flag / field in the error."""
+    if os.path.isfile(os.path.join(path, "model_config.json")):
+        from stcl_jax.models.io import load_variables
+
+        return load_variables(path)
+    if os.path.isdir(os.path.join(path, "checkpoints")):
+        variables, model_cfg, step = restore_variables(path)
+        log.info("%s: the training workdir's checkpoint at step %d (params and batch_stats only)", path, step)
+        return variables, model_cfg
+    raise FileNotFoundError(f"{what} {path}: neither a params-only export (model_config.json, from "
+                            "`python -m stcl_jax.export`) nor a training workdir (checkpoints/)")
+
+
 def cast_params(variables: dict, dtype: str) -> dict:
     """Floating-point params in `dtype` ("float32" / "bfloat16"); batch_stats unchanged."""
     import jax.numpy as jnp

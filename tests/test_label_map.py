@@ -85,3 +85,11 @@ def test_cli_reports_the_map(capsys):
     out = capsys.readouterr().out
     assert "121 of 150 source classes" in out
     assert "windowpane" in out and "-> window" in out
+
+
+def test_apply_raw_lut_rejects_values_outside_the_dataset():
+    lut, valid = label_map.raw_lut(3), label_map.valid_raw_values(3)
+    mask = np.array([[0, 1, 3, 255]], np.uint8)
+    assert label_map.apply_raw_lut(mask, lut, valid, "m").tolist() == [[255, 0, 2, 255]]
+    with pytest.raises(ValueError, match=r"frame 7: mask values \[4, 9\] are neither a class \(1..3\)"):
+        label_map.apply_raw_lut(np.array([[1, 4, 9]], np.uint8), lut, valid, "frame 7")

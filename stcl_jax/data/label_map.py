@@ -51,6 +51,17 @@ def valid_raw_values(num_classes: int) -> np.ndarray:
     return ok
 
 
+def apply_raw_lut(raw: np.ndarray, lut: np.ndarray, valid: np.ndarray, where: str) -> np.ndarray:
+    """`lut[raw]` for a raw mask whose values are all `valid` (see `valid_raw_values`); else ValueError naming
+    `where` and the offending values."""
+    raw = np.asarray(raw)
+    if raw.dtype != np.uint8 or not valid[raw].all():
+        bad = sorted(set(np.unique(raw).tolist()) - set(np.flatnonzero(valid).tolist()))
+        raise ValueError(f"{where}: mask values {bad[:10]} are neither a class (1..{int(valid[1:255].sum())}) of "
+                         "its dataset, 0 nor 255")
+    return lut[raw]
+
+
 def resolve_map_path(name_or_path: str) -> str:
     """A shipped map's name (e.g. "ade20k_to_vspw") or a file path -> the file's path."""
     if os.path.isfile(name_or_path):

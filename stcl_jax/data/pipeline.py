@@ -215,13 +215,9 @@ class ClipLoader(grain.transforms.RandomMap):
             return np.full(shape, self.ignore_index, np.uint8)
         spec = self.specs[source_id] if self.specs else None
         lut, valid = (spec.label_lut, spec.valid_raw) if spec else (self._vspw_lut, self._vspw_valid)
-        raw = records.decode_mask(record["mask"])
-        if raw.dtype != np.uint8 or not valid[raw].all():
-            bad = sorted(set(np.unique(raw).tolist()) - set(np.flatnonzero(valid).tolist()))
-            raise ValueError(f"record {records.text(record['video'])}/{records.text(record['frame_name'])} of "
-                             f"{spec.dir if spec else 'the build'}: mask values {bad[:10]} are not classes of its "
-                             "dataset")
-        return lut[raw]
+        where = f"record {records.text(record['video'])}/{records.text(record['frame_name'])} of " \
+                f"{spec.dir if spec else 'the build'}"
+        return label_map.apply_raw_lut(records.decode_mask(record["mask"]), lut, valid, where)
 
     def random_map(self, element, rng: np.random.Generator):
         source_id, query = element

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import os
 
 
 def add_inference_arguments(p: argparse.ArgumentParser) -> None:
@@ -34,17 +33,9 @@ def load_member(path: str):
     from stcl_jax.evaluation import inference
     from stcl_jax.models import build_segmenter
 
-    if os.path.isfile(os.path.join(path, "model_config.json")):
-        from stcl_jax.models.io import load_variables
+    from stcl_jax.export import load_trained_variables
 
-        variables, model_cfg = load_variables(path)
-    elif os.path.isdir(os.path.join(path, "checkpoints")):
-        from stcl_jax.export import restore_variables
-
-        variables, model_cfg, _ = restore_variables(path)
-    else:
-        raise FileNotFoundError(f"--checkpoints {path}: neither a params-only export (model_config.json, from "
-                                "`python -m stcl_jax.export`) nor a training workdir (checkpoints/)")
+    variables, model_cfg = load_trained_variables(path, "--checkpoints")
     return inference.segmenter_apply(build_segmenter(model_cfg)), variables, model_cfg
 
 

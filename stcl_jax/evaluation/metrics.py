@@ -250,11 +250,7 @@ def _lookup_raw_to_train(num_classes: int = NUM_CLASSES):
     lut, valid = label_map.raw_lut(num_classes), label_map.valid_raw_values(num_classes)
 
     def raw_to_train_ids(mask):
-        mask = np.asarray(mask)
-        if mask.dtype != np.uint8 or not valid[mask].all():
-            bad = sorted(set(np.unique(mask).tolist()) - set(np.flatnonzero(valid).tolist()))
-            raise ValueError(f"mask holds values {bad[:10]} that are neither a class (1..{num_classes}), 0 nor 255")
-        return lut[mask]
+        return label_map.apply_raw_lut(mask, lut, valid, "ground truth")
 
     return raw_to_train_ids
 

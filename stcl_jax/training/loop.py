@@ -207,6 +207,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
     # --- the step, compiled once
     g = config.global_batch_size
     batch_shapes = inputs_lib.batch_spec(config, g)
+    local_spec = inputs_lib.batch_spec(config, local_batch)
     train_step = compile_train_step(make_train_step(model, tx, schedule, config), abstract, shardings,
                                     batch_shapes, mesh)
 
@@ -220,8 +221,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
     final = {}
     try:
         while step < config.total_steps:
-            batch = mesh_lib.global_batch(_check_batch(next(data_iter), inputs_lib.batch_spec(config, local_batch)),
-                                          mesh)
+            batch = mesh_lib.global_batch(_check_batch(next(data_iter), local_spec), mesh)
             state, metrics = train_step(state, batch)
             step += 1
             if pending is not None:
@@ -257,16 +257,9 @@ def _init_from(path, state, tx, shardings, workdir, reset_patterns=()):
     """Loads a params-only export (stcl_jax.export / convert) or the newest checkpoint of a training workdir into
     a fresh state; leaves matching `reset_patterns` whose shape differs (a classifier for another label set) are
     re-initialised; any other shape mismatch is an error. Writes the key report to workdir/init_from_report.json."""
-    from stcl_jax.models.io import load_variables
+    from stcl_jax.export import load_trained_variables
 
-    if os.path.isdir(os.path.join(path, "checkpoints")) and not os.path.isfile(os.path.join(path, "model_config.json")):
-        from stcl_jax.export import restore_variables
-
-        loaded, _, step = restore_variables(path)
-        log.info("init_from %s: the training workdir's checkpoint at step %d (params and batch_stats only)", path,
-                 step)
-    else:
-        loaded, _ = load_variables(path)
+    loaded, _ = load_trained_variables(path, "config.init_from")
     state, report = state_lib.merge_pretrained(state, loaded, tx, shardings, source=path,
                                                reset_patterns=reset_patterns)
     if jax.process_index() == 0:

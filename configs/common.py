@@ -39,9 +39,10 @@ iterations; global batch 16 clips; random resize 0.5-2.0, crop 768x768, horizont
   single_frame_stcl for an image build (ADE20K, COCO) in `dir` or a mixture entry: "spatial" = the frame's
                     pixels contrast with each other (anchors and contrast from the one frame), "skip" = no STCL
                     on those samples (CE only).
-  mixture           name -> mixture_source(dir, ratio, label_map, split, single_frame_stcl): more builds mixed
-                    into training, each drawn for `ratio` of the clips (`dir` gets the rest). All sources must
-                    land in one label space: the VSPW one when any label_map is set, else `dir`'s classes.
+  mixture           name -> stcl_jax.data.pipeline.mixture_source(dir, ratio, label_map, split,
+                    single_frame_stcl): more builds mixed into training, each drawn for `ratio` of the clips
+                    (`dir` gets the rest). All sources must land in one label space: the VSPW one when any
+                    label_map is set, else `dir`'s classes.
 """
 
 import ml_collections
@@ -153,17 +154,12 @@ def runlocal(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
 def joint_config(name: str, label_map: str, arg, ratio: float = 0.3) -> ml_collections.ConfigDict:
     """Swin-L on VSPW with the image build `config.data.mixture.<name>.dir` mixed into `ratio` of the clips, its
     classes mapped onto VSPW's by `label_map` (configs/swin_l_joint_*.py; the paper gives no ratio)."""
+    from stcl_jax.data.pipeline import mixture_source
+
     c = base_config()
     c.data.mixture[name] = mixture_source(ratio=ratio, label_map=label_map)
     c.model = model("large", window_size=12)
     return finish(c, arg)
-
-
-def mixture_source(dir="", ratio=0.0, label_map="", split="train", single_frame_stcl="spatial"):  # noqa: A002
-    """One `config.data.mixture` entry (see stcl_jax.data.pipeline.mixture_source)."""
-    from stcl_jax.data.pipeline import mixture_source as make
-
-    return make(dir, ratio, label_map, split, single_frame_stcl)
 
 
 def finish(c: ml_collections.ConfigDict, arg) -> ml_collections.ConfigDict:

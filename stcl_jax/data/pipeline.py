@@ -183,26 +183,28 @@ class _Tag:
         return self.source_id, int(index)
 
 
+def augment_kwargs(cfg) -> dict:
+    """The `augment.augment_clip` keyword arguments of `config.data`."""
+    return dict(base_size=tuple(cfg.base_size), scale_range=tuple(cfg.scale_range), crop_size=tuple(cfg.crop_size),
+                cat_max_ratio=float(cfg.cat_max_ratio), flip_prob=float(cfg.flip_prob),
+                photometric_distortion=bool(cfg.photometric), mean=tuple(cfg.mean), std=tuple(cfg.std),
+                ignore_index=int(cfg.ignore_index))
+
+
 class ClipLoader(grain.transforms.RandomMap):
     """grain RandomMap: (source id, query record index) -> augmented clip dict.
 
-    `sources`: the random-access record sources; `specs`: their `Source`s (label tables, single-frame flags);
-    None = every source is a VSPW build in VSPW's label space."""
+    `sources`: the random-access record sources; `specs`: their `Source`s (label tables, single-frame flags)."""
 
-    def __init__(self, sources, cfg, with_indices: bool = False, specs=None):
+    def __init__(self, sources, specs, cfg, with_indices: bool = False):
         self.sources = sources
         self.specs = specs
         self.with_indices = with_indices
         self.num_frames = int(cfg.num_frames)
         self.ref_offsets = tuple(cfg.ref_offsets)
-        self.aug = dict(base_size=tuple(cfg.base_size), scale_range=tuple(cfg.scale_range),
-                        crop_size=tuple(cfg.crop_size), cat_max_ratio=float(cfg.cat_max_ratio),
-                        flip_prob=float(cfg.flip_prob), photometric_distortion=bool(cfg.photometric),
-                        mean=tuple(cfg.mean), std=tuple(cfg.std), ignore_index=int(cfg.ignore_index))
+        self.aug = augment_kwargs(cfg)
         self.ignore_index = int(cfg.ignore_index)
         self.uint8 = bool(_field(cfg, "device_normalize"))
-        self._vspw_lut = label_map.raw_lut(vspw.NUM_CLASSES)
-        self._vspw_valid = label_map.valid_raw_values(vspw.NUM_CLASSES)
 
     def _augment(self, rng, images, labels):
         """(images, labels) float32 normalised, or (uint8 images, labels, valid (h, w)) for device_normalize."""
@@ -213,16 +215,14 @@ class ClipLoader(grain.transforms.RandomMap):
     def _labels(self, source_id, record, shape):
         if not record["has_label"]:
             return np.full(shape, self.ignore_index, np.uint8)
-        spec = self.specs[source_id] if self.specs else None
-        lut, valid = (spec.label_lut, spec.valid_raw) if spec else (self._vspw_lut, self._vspw_valid)
-        where = f"record {records.text(record['video'])}/{records.text(record['frame_name'])} of " \
-                f"{spec.dir if spec else 'the build'}"
-        return label_map.apply_raw_lut(records.decode_mask(record["mask"]), lut, valid, where)
+        spec = self.specs[source_id]
+        where = f"record {records.text(record['video'])}/{records.text(record['frame_name'])} of {spec.dir}"
+        return label_map.apply_raw_lut(records.decode_mask(record["mask"]), spec.label_lut, spec.valid_raw, where)
 
     def random_map(self, element, rng: np.random.Generator):
         source_id, query = element
         src = self.sources[source_id]
-        single = bool(self.specs and self.specs[source_id].single_frame)
+        single = self.specs[source_id].single_frame
         q = src[query]
         if single:    # an image: augmented once, repeated to fill the clip, the repeats labelled ignore
             idx = [query] * self.num_frames
@@ -242,7 +242,7 @@ class ClipLoader(grain.transforms.RandomMap):
             labels = [self._labels(source_id, r, im.shape[:2]) for r, im in zip(recs, images)]
             image, label, *hw = self._augment(rng, np.stack(images), np.stack(labels))
         out = {"image": image, "label": label,
-               "stcl": np.bool_(self.specs[source_id].stcl if self.specs else True)}
+               "stcl": np.bool_(self.specs[source_id].stcl)}
         if hw:
             out["image_hw"] = hw[0]
         if self.with_indices:
@@ -286,7 +286,7 @@ def make_train_loader(data_cfg, *, seed: int, process_index: int = 0, process_co
         ds = grain.MapDataset.range(len(src))[process_index::process_count]
         datasets.append(ds.shuffle(seed=seed + 7919 * i).repeat().map(_Tag(i)))
     ds = datasets[0] if len(datasets) == 1 else grain.MapDataset.mix(datasets, weights=[s.weight for s in specs])
-    ds = ds.random_map(ClipLoader(sources, data_cfg, with_indices, specs), seed=seed)
+    ds = ds.random_map(ClipLoader(sources, specs, data_cfg, with_indices), seed=seed)
     ds = ds.batch(batch_size_per_host, drop_remainder=True)
     buffer = int(_field(data_cfg, "prefetch_buffer"))
     it = ds.to_iter_dataset(grain.ReadOptions(num_threads=int(_field(data_cfg, "read_threads")),

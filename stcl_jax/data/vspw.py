@@ -21,6 +21,8 @@ from typing import Sequence
 
 import numpy as np
 
+from stcl_jax.data.label_map import raw_lut
+
 NUM_CLASSES = 124
 IGNORE_INDEX = 255
 RAW_OTHERS = 0
@@ -80,9 +82,7 @@ def raw_to_train_ids(mask: np.ndarray) -> np.ndarray:
     bad = invalid_raw_values(mask)
     if bad:
         raise ValueError(f"mask holds values {bad} that are neither a VSPW class (0..{NUM_CLASSES}) nor void (255)")
-    lut = np.full(256, IGNORE_INDEX, np.uint8)
-    lut[1:NUM_CLASSES + 1] = np.arange(NUM_CLASSES, dtype=np.uint8)
-    return lut[mask.astype(np.uint8)]
+    return raw_lut(NUM_CLASSES)[mask.astype(np.uint8)]
 
 
 def train_ids_to_raw(ids: np.ndarray) -> np.ndarray:

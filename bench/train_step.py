@@ -92,7 +92,7 @@ def random_batch(spec: dict, num_classes: int, seed: int = 0) -> dict:
     out = {}
     for k, (shape, dtype) in spec.items():
         if k == "label":
-            out[k] = rng.integers(0, num_classes, size=shape).astype(np.int32)
+            out[k] = rng.integers(0, num_classes, size=shape).astype(dtype)
         elif k == "image_hw":
             out[k] = np.full(shape, 2 ** 30, np.int32)            # the whole crop is valid (no padding)
         elif k == "stcl":

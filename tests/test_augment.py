@@ -72,7 +72,7 @@ def test_identity_settings_give_exact_normalisation_and_padding():
     out, olab = augment.augment_clip(rng, img, lab, **_kwargs(base_size=(20, 30), scale_range=(1, 1),
                                                                crop_size=(24, 40), cat_max_ratio=1.0, flip_prob=0))
     ref = (img.astype(np.float64) - np.array(MEAN)) / np.array(STD)
-    assert out.dtype == np.float32 and olab.dtype == np.int32 and out.shape == (2, 24, 40, 3)
+    assert out.dtype == np.float32 and olab.dtype == np.uint8 and out.shape == (2, 24, 40, 3)
     np.testing.assert_allclose(out[:, :20, :30], ref, rtol=1e-6, atol=1e-6)
     np.testing.assert_array_equal(olab[:, :20, :30], lab)
     assert (out[:, 20:] == 0).all() and (out[:, :, 30:] == 0).all()

@@ -70,7 +70,7 @@ def test_batches_contract_and_clips_from_one_video(built):
         b = next(it)
         assert b["image"].shape == (2, 3, 24, 24, 3) and b["image"].dtype == np.uint8     # device_normalize
         assert b["image_hw"].shape == (2, 2) and (b["image_hw"] <= 24).all()
-        assert b["label"].shape == (2, 3, 24, 24) and b["label"].dtype == np.int32
+        assert b["label"].shape == (2, 3, 24, 24) and b["label"].dtype == np.uint8
         assert set(np.unique(b["label"]).tolist()) <= set(range(vspw.NUM_CLASSES)) | {255}
         for clip in b["index"]:
             video, t, n = _meta(src, clip[0])

@@ -261,7 +261,7 @@ def _ensure_absl_flags_parsed():
 
 def make_train_loader(data_cfg, *, seed: int, process_index: int = 0, process_count: int = 1,
                       batch_size_per_host: int, with_indices: bool = False):
-    """A checkpointable grain DatasetIterator of {"image": (b, T, H, W, 3), "label": int32 (b, T, H, W),
+    """A checkpointable grain DatasetIterator of {"image": (b, T, H, W, 3), "label": uint8 (b, T, H, W),
     "stcl": bool (b,)}: images float32 normalised, or with `device_normalize` uint8 padded with 0 plus
     "image_hw" int32 (b, 2), the valid extent (`stcl_jax.training.inputs.normalize_padded` finishes them).
 

@@ -13,7 +13,7 @@ def batch_spec(config, batch_size: int) -> dict:
     """{key: (shape, dtype)} of a batch of `batch_size` clips (the global batch for the compiled step, the
     per-process batch for checking the loader's output)."""
     crop, frames = tuple(config.data.crop_size), config.data.num_frames
-    spec = {"label": ((batch_size, frames, *crop), jnp.int32), "stcl": ((batch_size,), jnp.bool_)}
+    spec = {"label": ((batch_size, frames, *crop), jnp.uint8), "stcl": ((batch_size,), jnp.bool_)}
     if device_normalize(config.data):
         spec["image"] = ((batch_size, frames, *crop, 3), jnp.uint8)
         spec["image_hw"] = ((batch_size, 2), jnp.int32)

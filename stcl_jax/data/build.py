@@ -35,11 +35,12 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 from typing import Sequence
 
 import tensorflow_datasets as tfds
 
-from stcl_jax.data import ade20k, coco_panoptic, image_tfds, vspw_tfds
+from stcl_jax.data import ade20k, coco_panoptic, image_tfds, vspw, vspw_tfds
 from stcl_jax.data.vspw_tfds import CONFIG, EXTRA, LABELS, BadInputError, Vspw, dataset_dir  # noqa: F401
 
 # --dataset -> (builder class, (name, config, version), splits it has, the layout --data-root must hold)
@@ -78,10 +79,14 @@ def build_dataset(data_root: str, output_dir: str, splits: Sequence[str] = ("tra
     if dataset == "vspw" and not os.path.isdir(os.path.join(data_root, "data")):
         raise FileNotFoundError(f"--data-root {data_root} has no data/ folder: pass the extracted VSPW_480p folder")
     _check_layout(dataset, data_root, splits)
+    if dataset == "vspw":
+        _check_disjoint_splits(data_root)
     final = os.path.join(output_dir, name, config, version)
     if os.path.exists(os.path.join(final, "dataset_info.json")):
+        _check_has_splits(final, splits)
         print(f"[build] {final} is already complete; delete it to rebuild")
         return _read_report(final) or _read_report(output_dir)
+    _remove_stale_incomplete(os.path.join(output_dir, name, config))
     extra = {"extra_frames": extra_frames} if dataset == "vspw" else {}
     builder = builder_cls(data_dir=output_dir, config=config, file_format="array_record", splits=splits,
                           workers=workers, skip_bad=skip_bad, progress=progress, **extra)
@@ -106,6 +111,40 @@ def _check_layout(dataset: str, data_root: str, splits: Sequence[str]) -> None:
     elif dataset == "coco-panoptic":
         for split in splits:
             coco_panoptic.find_layout(data_root, split)
+
+
+def _check_disjoint_splits(data_root: str) -> None:
+    """Refuses a VSPW folder whose split files share a video (training on validation data)."""
+    listed = {s: vspw.read_split(data_root, s) for s in vspw.SPLITS if os.path.isfile(vspw.split_file(data_root, s))}
+    seen: dict[str, str] = {}
+    for split, videos in listed.items():
+        for video in videos:
+            if video in seen:
+                raise BadInputError(f"video {video!r} is listed in both {vspw.split_file(data_root, seen[video])} "
+                                    f"and {vspw.split_file(data_root, split)}: a video belongs to one split")
+            seen[video] = split
+
+
+def _check_has_splits(final: str, splits: Sequence[str]) -> None:
+    """A complete build is never changed: asking it for a split it lacks is an error saying how to get one."""
+    with open(os.path.join(final, "dataset_info.json")) as f:
+        built = [s["name"] for s in json.load(f).get("splits", [])]
+    missing = [s for s in splits if s not in built]
+    if missing:
+        raise ValueError(f"the complete build {final} has splits {built}, not {missing}: a build is written once, "
+                         f"so build every split together into a new --output (--splits "
+                         f"{','.join(dict.fromkeys([*built, *splits]))}), or delete {final} first")
+
+
+def _remove_stale_incomplete(parent: str) -> None:
+    """Deletes the `incomplete.*` folders that interrupted builds left in `parent` (tfds never reuses them)."""
+    if not os.path.isdir(parent):
+        return
+    for d in sorted(os.listdir(parent)):
+        path = os.path.join(parent, d)
+        if d.startswith("incomplete.") and os.path.isdir(path):
+            print(f"[build] removing {path}, left by an interrupted build")
+            shutil.rmtree(path)
 
 
 def _read_report(output_dir: str) -> dict:

@@ -82,7 +82,43 @@ def open_split(data_dir: str, split: str):
     builder = tfds.builder_from_directory(resolve_dataset_dir(data_dir))
     if split not in builder.info.splits:
         raise ValueError(f"split {split!r} is not in the build at {data_dir}: it has {sorted(builder.info.splits)}")
-    return builder.as_data_source(split, decoders={"image": tfds.decode.SkipDecoding()})
+    info = builder.info.splits[split]
+    source = builder.as_data_source(split, decoders={"image": tfds.decode.SkipDecoding()})
+    return RecordSource(source, split, [os.fspath(p) for p in info.filepaths], list(info.shard_lengths))
+
+
+class RecordReadError(OSError):
+    """A record that cannot be read (a corrupt or truncated shard); the message names the shard and record."""
+
+
+class RecordSource:
+    """The records of one split (`len`, `source[i]`), as tfds' data source, except that a failed read names the
+    shard file and the record's index in the split and in that shard (instead of ArrayRecord's bare "chunk data
+    hash mismatch ... at <byte offset>")."""
+
+    def __init__(self, source, split: str, shard_paths: list[str], shard_lengths: list[int]):
+        self._source, self.split = source, split
+        self._shards = list(zip(shard_paths, np.cumsum([0, *shard_lengths[:-1]]).tolist(), shard_lengths))
+
+    def __len__(self) -> int:
+        return len(self._source)
+
+    def __getitem__(self, index: int):
+        try:
+            return self._source[index]
+        except IndexError:
+            raise
+        except Exception as e:  # array_record raises RuntimeError / OSError / ValueError on corrupt data
+            raise RecordReadError(f"{self.locate(index)}: unreadable ({type(e).__name__}: {e}); the build is "
+                                  "damaged: rebuild it (python -m stcl_jax.data.build)") from e
+
+    def locate(self, index: int) -> str:
+        """'record I of split S (record J of shard FILE)'."""
+        index = int(index) + (len(self) if int(index) < 0 else 0)
+        for path, start, length in self._shards:
+            if start <= index < start + length:
+                return f"record {index} of split {self.split!r} (record {index - start} of shard {path})"
+        return f"record {index} of split {self.split!r}"
 
 
 def decode_image(jpeg: bytes) -> np.ndarray:

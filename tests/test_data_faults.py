@@ -12,7 +12,7 @@ from PIL import Image
 
 from stcl_jax import evaluate, predict
 from stcl_jax.data import build, records, synthetic, vspw
-from stcl_jax.evaluation import runner
+from stcl_jax.evaluation import metrics, runner
 
 SIZE = (32, 48)
 FRAMES = 5
@@ -329,3 +329,13 @@ def test_reading_a_video_of_mixed_frame_sizes_names_the_frame():
         records.stack_video_frames(recs, "val")
     with pytest.raises(ValueError, match="could not decode the JPEG of frame 00000003 of video 7_clip"):
         records.stack_video_frames([dict(recs[0], image=b"garbage", frame_name=b"00000003")])
+
+
+def test_the_score_table_lists_every_class_marking_absent_ones(tree, train_id_scores):
+    table = metrics.format_table(train_id_scores).splitlines()
+    rows = {line.split()[1]: line for line in table if line[:4].strip().isdigit()}
+    assert list(rows) == [n[:24] for n in vspw.CLASS_NAMES]
+    gt = train_id_scores["gt_pixels"]
+    assert [("absent" in rows[n[:24]]) for n in vspw.CLASS_NAMES] == [g == 0 for g in gt]
+    assert "absent (predicted on" in rows["door"] and gt[2] == 0         # the fake predictions paint class 2
+    assert table[-1].startswith(f"{sum(g > 0 for g in gt)} of 124 classes are in the ground truth")

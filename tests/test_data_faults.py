@@ -15,7 +15,7 @@ from stcl_jax.data import build, records, synthetic, vspw
 from stcl_jax.evaluation import metrics, runner
 
 SIZE = (32, 48)
-FRAMES = 5
+FRAMES = 10
 
 
 @pytest.fixture(scope="module")
@@ -60,12 +60,13 @@ def test_unpadded_frame_names_keep_numeric_order(raw, tmp_path):
     video = _video(raw)
     names = vspw.frame_names(raw, video)
     jpegs = [open(vspw.frame_path(raw, video, n), "rb").read() for n in names]
-    for k, name in enumerate(names):                      # 8, 9, 10, 11, 12: as strings 10 < 11 < 12 < 8 < 9
-        _rename_frame(raw, video, name, str(8 + k))
-    assert vspw.frame_names(raw, video) == ["8", "9", "10", "11", "12"]
+    unpadded = [str(8 + k) for k in range(FRAMES)]         # 8, 9, 10, ...: as strings 10 < 11 < ... < 8 < 9
+    for name, new_name in zip(names, unpadded):
+        _rename_frame(raw, video, name, new_name)
+    assert vspw.frame_names(raw, video) == unpadded
     out = tmp_path / "out"
     _build(raw, out)
-    assert _built_names(out) == ["8", "9", "10", "11", "12"]
+    assert _built_names(out) == unpadded
     src = records.open_split(str(out), "train")
     assert [src[i]["image"] for i in range(FRAMES)] == jpegs     # the frames in their video order
 
@@ -133,7 +134,7 @@ def test_skip_bad_with_every_frame_bad_lists_them(raw, tmp_path):
         open(p, "wb").write(b"not a jpeg")
     with pytest.raises(build.BadInputError, match="split 'train' has no usable frame") as err:
         _build(raw, tmp_path / "out", skip_bad=True)
-    assert all(p in str(err.value) for p in paths)
+    assert all(p in str(err.value) for p in paths[:5]) and f"and {FRAMES - 5} more" in str(err.value)
 
 
 def test_a_split_missing_from_a_complete_build_is_an_error_saying_how(tree, tmp_path):
@@ -270,13 +271,17 @@ def test_predict_records_its_id_space_and_draws_a_legend(tmp_path):
 
 # ------------------------------------------------------------------------------------------------ evaluation ids
 def _predictions(root, out, raw_ids=False, top_class=False):
-    """The val ground truth as predictions (ignored pixels -> class 1, a few pixels of class 2), as train ids or
-    as raw VSPW ids (+1); `top_class` also paints class 123, whose raw id 124 only raw-id folders can hold."""
+    """The val ground truth as predictions (ignored pixels -> class 1, a few pixels of class 2, 10% random
+    classes 1..99 drawn per frame), as train ids or as raw VSPW ids (+1); `top_class` also paints class 123, whose
+    raw id 124 only raw-id folders can hold. Never class 0, so raw-id folders hold neither 0 nor 124."""
     for video in vspw.read_split(root, "val"):
-        for name in vspw.mask_names(root, video):
+        for t, name in enumerate(vspw.mask_names(root, video)):
             ids = vspw.raw_to_train_ids(np.asarray(Image.open(vspw.mask_path(root, video, name))))
             ids = np.where(ids == 255, 1, ids)
             ids[:2, :3] = 2
+            rng = np.random.default_rng(t)
+            wrong = rng.random(ids.shape) < 0.1
+            ids[wrong] = rng.integers(1, 100, wrong.sum())
             if top_class:
                 ids[-1, -1] = vspw.NUM_CLASSES - 1
             runner.write_prediction(os.path.join(out, video, name + ".png"), ids, vspw_ids=raw_ids)
@@ -339,3 +344,18 @@ def test_the_score_table_lists_every_class_marking_absent_ones(tree, train_id_sc
     assert [("absent" in rows[n[:24]]) for n in vspw.CLASS_NAMES] == [g == 0 for g in gt]
     assert "absent (predicted on" in rows["door"] and gt[2] == 0         # the fake predictions paint class 2
     assert table[-1].startswith(f"{sum(g > 0 for g in gt)} of 124 classes are in the ground truth")
+
+
+def test_scoring_unpadded_names_keeps_video_order(tree, tmp_path, train_id_scores):
+    """VC (temporal consistency) depends on frame order: unpadded mask / prediction names score as padded ones."""
+    root, pred = str(tmp_path / "raw"), str(tmp_path / "pred")
+    shutil.copytree(tree, root)
+    _predictions(tree, pred)
+    for video in vspw.read_split(root, "val"):
+        for k, name in enumerate(vspw.frame_names(root, video)):
+            _rename_frame(root, video, name, str(8 + k))
+            os.rename(os.path.join(pred, video, name + ".png"), os.path.join(pred, video, f"{8 + k}.png"))
+    scores = runner.score_prediction_dir(pred, root, "val", ids="train")
+    assert scores["vc8"] is not None
+    for key in ("miou", "vc8"):
+        assert scores[key] == train_id_scores[key], key

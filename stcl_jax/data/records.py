@@ -87,7 +87,7 @@ def open_split(data_dir: str, split: str):
     return RecordSource(source, split, [os.fspath(p) for p in info.filepaths], list(info.shard_lengths))
 
 
-class RecordReadError(OSError):
+class RecordReadError(ValueError):
     """A record that cannot be read (a corrupt or truncated shard); the message names the shard and record."""
 
 

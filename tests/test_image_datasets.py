@@ -259,6 +259,21 @@ def test_ade20k_file_listing(ade, tmp_path):
     assert stems[1] + ".JPG" in str(err.value) and second in str(err.value)
 
 
+@pytest.mark.parametrize("twice", ["annotation", "image"])
+def test_coco_json_listing_an_image_twice_is_refused(coco, tmp_path, twice):
+    root = str(tmp_path / "raw")
+    shutil.copytree(coco[0], root)
+    data = json.load(open(_json_path(root)))
+    if twice == "image":                     # a second entry of the same file, under another id
+        data["images"].append(dict(data["images"][0], id=10 ** 6))
+    else:
+        data["annotations"].append(dict(data["annotations"][0]))
+    json.dump(data, open(_json_path(root), "w"))
+    what = "images named" if twice == "image" else "annotations of image id"
+    with pytest.raises(ValueError, match=f"{_json_path(root)}: two {what}"):
+        build.build_dataset(root, str(tmp_path / "out"), splits=("train",), dataset="coco-panoptic", progress=False)
+
+
 # ------------------------------------------------------------------------------------ CLI, several datasets
 def test_cli_dataset_flag_default_vspw_and_several_datasets_in_one_dir(ade, coco, tmp_path):
     out = str(tmp_path / "out")

@@ -127,7 +127,7 @@ def resolve_id_space(pred_dir: str, videos: list[str], paths: list[str], ids: st
         log.info("predictions in %s hold %s ids (value %d found); say --pred-ids to be explicit", pred_dir,
                  space, num_classes if top else 0)
         return space
-    what = "both 0 and %d" % num_classes if zero else f"neither 0 nor {num_classes}"
+    what = f"both 0 and {num_classes}" if zero else f"neither 0 nor {num_classes}"
     raise ValueError(f"predictions in {pred_dir} hold {what}, so their ids are ambiguous: pass --pred-ids train "
                      f"(0..{num_classes - 1}) or --pred-ids vspw (1..{num_classes}, `predict --vspw-ids`)")
 

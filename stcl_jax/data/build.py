@@ -8,7 +8,9 @@ features.json, metadata.json with the class names), `DIR/ade20k/scene_parsing/1.
 `DIR/coco_panoptic/semantic/1.0.0/`, and `DIR/build_report.json` (copied into the version folder, so each
 dataset keeps its own when several share DIR): per split the counts, the skipped files, and `pixels`, the pixels
 of the stored masks per raw value (256 counts). tfds writes into a temporary `incomplete.*` folder and renames it
-only when every split is done, so an interrupted build never leaves shards that look complete: just rerun it.
+only when every split is done, so an interrupted build never leaves shards that look complete: just rerun it (the
+rerun deletes the left-over `incomplete.*` folder, saying so). A complete build is never changed: asking it for a
+split it lacks is an error saying how to build one.
 ADE20K and COCO panoptic images become single-frame videos in the same format (see `image_tfds`).
 
 One record per frame, in video order and frame order (shuffling is disabled), with these features:
@@ -24,9 +26,12 @@ Splits: train / val (every frame labelled), test (no labels), and with --extra-f
 the videos under DIR/data (VSPW layout, listed in DIR/extra.txt if present, else every folder), each frame
 labelled if a mask exists for it (pseudo labels) and unlabelled otherwise (frames to pseudo-label).
 
-Bad input (corrupt JPEG/PNG, mask size differing from its frame, label value neither a class id nor void, frame
-without mask in a labelled split, listed video missing) stops the build with an error naming the file; with
---skip-bad the frame (or video) is left out and listed in the report instead. The same holds for the images of
+Bad input (corrupt JPEG/PNG, mask size differing from its frame, frame size differing from its video's first
+frame, label value neither a class id nor void, frame without mask in a labelled split, listed video missing, a
+file of a frame or mask folder that `vspw.list_folder` does not accept: another extension, a name that is not a
+frame number, two files of one frame) stops the build with an error naming the file; with --skip-bad the frame (or
+video, or file) is left out and listed in the report instead, and a split left with nothing is an error listing
+the bad files. A video listed in two split files stops the build. The same holds for the images of
 ADE20K and COCO panoptic (also: image without annotation, panoptic segment missing from the JSON).
 """
 
@@ -63,8 +68,8 @@ def build_dataset(data_root: str, output_dir: str, splits: Sequence[str] = ("tra
 
     Returns the report (also written to `output_dir/build_report.json` and the version folder): per split the
     videos/frames (images) written and the pixels per raw mask value, and the skipped files with reasons. Raises
-    BadInputError naming the file on bad input unless `skip_bad`. Rerunning after a completed build does nothing;
-    after an interrupted one it builds from scratch."""
+    BadInputError naming the file on bad input unless `skip_bad`. Rerunning after a completed build does nothing
+    (ValueError if it lacks one of `splits`); after an interrupted one it builds from scratch."""
     dataset = dataset.replace("_", "-")
     if dataset not in DATASETS:
         raise ValueError(f"dataset {dataset!r}: expected one of {sorted(DATASETS)}")

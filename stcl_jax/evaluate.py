@@ -1,8 +1,11 @@
 r"""VSPW evaluation: mIoU, WIoU, pixel/class accuracy, VC8, VC16 and a per-class IoU table, as the official scripts.
 
-Score existing predictions (`DIR/<video>/<frame>.png`, train ids 0..123, the ground truth's size and names):
+Score existing predictions (`DIR/<video>/<frame>.png`, the ground truth's size and names; train ids 0..123, or
+VSPW ids 1..124 as `predict --vspw-ids` writes: `--pred-ids`, default auto = the folder's label_ids.json, else
+what the values prove, else an error):
 
-    python -m stcl_jax.evaluate --predictions DIR --data-root VSPW_480p --split val [--json OUT]
+    python -m stcl_jax.evaluate --predictions DIR --data-root VSPW_480p --split val [--pred-ids auto|train|vspw]
+        [--json OUT]
 
 Run a model over a built split (`stcl_jax.data.build --output DIR`, any dataset: an ADE20K / COCO build is
 scored over its own classes, or over VSPW's with `--label-map`) and score it:
@@ -38,6 +41,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--checkpoint", help="params-only model dir or training workdir (model form)")
     p.add_argument("--data", help="built dataset dir (model form)")
     p.add_argument("--split", default="val")
+    p.add_argument("--pred-ids", choices=("auto", "train", "vspw"), default="auto",
+                   help="scoring form: the PNGs hold train ids 0..123 or VSPW ids 1..124 (predict --vspw-ids); "
+                   "auto: their label_ids.json, else proved by the values (a 124 or a 0), else an error")
     cli.add_inference_arguments(p)
     p.add_argument("--save-predictions", help="write prediction PNGs (train ids) to this folder")
     p.add_argument("--vc-protocol", choices=("vspw", "cffm"), default="vspw")
@@ -58,7 +64,7 @@ def main(argv=None) -> int:
         if not a.data_root:
             p.error("--predictions needs --data-root (the extracted VSPW_480p folder)")
         result = runner.score_prediction_dir(a.predictions, a.data_root, a.split, vc_protocol=a.vc_protocol,
-                                             max_videos=a.max_videos)
+                                             max_videos=a.max_videos, ids=a.pred_ids)
         json_path = a.json
     else:
         if not (a.checkpoint and a.data):

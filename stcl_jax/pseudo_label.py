@@ -121,7 +121,7 @@ def label_split(teacher: inference.Predictor, data_dir: str, split: str, output:
             origin, mask_dir = (os.path.join(output, "layout", "data", video, d) for d in ("origin", "mask"))
             os.makedirs(origin, exist_ok=True)
             os.makedirs(mask_dir, exist_ok=True)
-            labels, predicted, kept = teacher(np.stack([records.decode_image(r["image"]) for r in todo]))
+            labels, predicted, kept = teacher(records.stack_video_frames(todo, split))
             with open(stats_path, "a", encoding="utf-8") as stats:
                 for r, lab, p, k in zip(todo, labels, predicted, kept):
                     name = records.text(r["frame_name"])

@@ -63,7 +63,7 @@ def test_score_predictions_errors_name_the_file(raw_root, tmp_path):
     video = vspw.read_split(raw_root, "val")[0]
     name = vspw.mask_names(raw_root, video)[3]
     path = os.path.join(pred, video, name + ".png")
-    args = ["--predictions", pred, "--data-root", raw_root, "--split", "val"]
+    args = ["--predictions", pred, "--data-root", raw_root, "--split", "val", "--pred-ids", "train"]
     good = np.asarray(Image.open(path))
 
     Image.fromarray(np.full_like(good, 124)).save(path)
@@ -121,6 +121,7 @@ def test_model_form_end_to_end(raw_root, model_dir, tmp_path):
         scores = json.load(f)
     assert scores["num_videos"] == 1 and scores["num_frames"] == 10
     assert scores["inference"]["mode"] == "slide" and scores["checkpoints"] == [model_dir]
+    assert runner.read_id_space(pred) == "train"           # the saved PNGs say which ids they hold
     # the saved PNGs, scored against the raw layout, give exactly the same numbers
     rescored = runner.score_prediction_dir(pred, raw_root, "val")
     for key in ("miou", "wiou", "pixel_acc", "mean_class_acc", "vc8"):

@@ -230,6 +230,50 @@ def test_bad_input_names_the_file_and_skip_bad_leaves_it_out(ade, coco, tmp_path
     assert [int(src[i]["video_start"]) for i in range(len(src))] == list(range(len(src)))
 
 
+def test_ade20k_file_listing(ade, tmp_path):
+    """.JPG / .jpeg images are images; any other file, or a second file of one name, is reported, never dropped."""
+    src_root, truth = ade[:2]
+    root = str(tmp_path / "raw")
+    shutil.copytree(src_root, root)
+    stems = sorted(truth["train"])
+    folder = ade20k.image_dir(root, "train")
+    os.rename(ade20k.image_path(root, "train", stems[1]), os.path.join(folder, stems[1] + ".JPG"))
+    os.rename(ade20k.image_path(root, "train", stems[2]), os.path.join(folder, stems[2] + ".jpeg"))
+    out = str(tmp_path / "ok")
+    assert build.build_dataset(root, out, splits=("train",), dataset="ade20k", progress=False)["skipped"] == []
+    src = records.open_split(out, "train")
+    assert [records.text(src[i]["video"]) for i in range(len(src))] == stems
+    assert src[2]["image"] == _read(os.path.join(folder, stems[2] + ".jpeg"))
+    stray = os.path.join(folder, "notes.txt")
+    open(stray, "w").write("not an image")
+    with pytest.raises(build.BadInputError, match=f"{stray}: not an .jpg/.jpeg file"):
+        build.build_dataset(root, str(tmp_path / "strict"), splits=("train",), dataset="ade20k", progress=False)
+    report = build.build_dataset(root, str(tmp_path / "skip"), splits=("train",), dataset="ade20k", skip_bad=True,
+                                 progress=False)
+    assert [b["path"] for b in report["skipped"]] == [stray] and report["splits"]["train"]["images"] == len(stems)
+    os.remove(stray)
+    second = os.path.join(folder, stems[1] + ".jpg")
+    shutil.copy(os.path.join(folder, stems[1] + ".JPG"), second)
+    with pytest.raises(build.BadInputError, match="a second file named") as err:
+        build.build_dataset(root, str(tmp_path / "twice"), splits=("train",), dataset="ade20k", progress=False)
+    assert stems[1] + ".JPG" in str(err.value) and second in str(err.value)
+
+
+@pytest.mark.parametrize("twice", ["annotation", "image"])
+def test_coco_json_listing_an_image_twice_is_refused(coco, tmp_path, twice):
+    root = str(tmp_path / "raw")
+    shutil.copytree(coco[0], root)
+    data = json.load(open(_json_path(root)))
+    if twice == "image":                     # a second entry of the same file, under another id
+        data["images"].append(dict(data["images"][0], id=10 ** 6))
+    else:
+        data["annotations"].append(dict(data["annotations"][0]))
+    json.dump(data, open(_json_path(root), "w"))
+    what = "images named" if twice == "image" else "annotations of image id"
+    with pytest.raises(ValueError, match=f"{_json_path(root)}: two {what}"):
+        build.build_dataset(root, str(tmp_path / "out"), splits=("train",), dataset="coco-panoptic", progress=False)
+
+
 # ------------------------------------------------------------------------------------ CLI, several datasets
 def test_cli_dataset_flag_default_vspw_and_several_datasets_in_one_dir(ade, coco, tmp_path):
     out = str(tmp_path / "out")

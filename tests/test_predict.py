@@ -31,7 +31,7 @@ def _write_mp4(path, frames, fps=10.0):
 
 def _labels(out):
     folder = os.path.join(out, "labels")
-    names = sorted(os.listdir(folder))
+    names = sorted(n for n in os.listdir(folder) if n.endswith(".png"))
     return names, np.stack([np.asarray(Image.open(os.path.join(folder, n))) for n in names])
 
 

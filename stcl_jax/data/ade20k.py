@@ -15,6 +15,7 @@ Split "train" is `training`, "val" is `validation`. Some JPEGs are greyscale; th
 from __future__ import annotations
 
 import os
+from typing import Sequence
 
 import numpy as np
 
@@ -24,8 +25,10 @@ NUM_CLASSES = 150
 RAW_OTHER = 0
 FOLDER = "ADEChallengeData2016"
 SPLITS = {"train": "training", "val": "validation"}
-IMAGE_EXT = ".jpg"
+IMAGE_EXT = ".jpg"      # the extensions files are written with
 MASK_EXT = ".png"
+IMAGE_EXTS = (".jpg", ".jpeg")   # accepted when reading, in any letter case
+MASK_EXTS = (".png",)
 
 # Index = train id (raw value - 1). mmseg's ADE20KDataset spelling (its "bed " without the trailing space).
 CLASS_NAMES = (
@@ -80,19 +83,35 @@ def annotation_path(root: str, split: str, stem: str) -> str:
     return os.path.join(annotation_dir(root, split), stem + MASK_EXT)
 
 
-def _stems(folder: str, ext: str) -> list[str]:
+def list_files(folder: str, exts: Sequence[str]) -> tuple[dict[str, str], list[tuple[str, str]]]:
+    """({name without extension: path} sorted by name, problems [(path, reason)]) of an images or annotations
+    folder: extensions `exts` in any letter case are accepted; every other non-hidden file, and a second file of
+    the same name (`x.jpg` + `x.jpeg`), is a problem, never dropped unseen."""
     if not os.path.isdir(folder):
         raise FileNotFoundError(f"ADE20K folder {folder} not found")
-    return sorted(n[: -len(ext)] for n in os.listdir(folder) if n.lower().endswith(ext) and not n.startswith("."))
+    files: dict[str, str] = {}
+    problems = []
+    for fname in sorted(os.listdir(folder)):
+        stem, ext = os.path.splitext(fname)
+        path = os.path.join(folder, fname)
+        if fname.startswith("."):
+            continue
+        if ext.lower() not in exts:
+            problems.append((path, f"not an {'/'.join(exts)} file (any letter case)"))
+        elif stem in files:
+            problems.append((path, f"a second file named {stem!r} besides {files[stem]}; keep one"))
+        else:
+            files[stem] = path
+    return files, problems
 
 
-def image_stems(root: str, split: str) -> list[str]:
-    """Sorted image names (no extension) of `split`."""
-    return _stems(image_dir(root, split), IMAGE_EXT)
+def image_files(root: str, split: str) -> tuple[dict[str, str], list[tuple[str, str]]]:
+    """The images of `split` (`list_files`: .jpg/.jpeg in any case)."""
+    return list_files(image_dir(root, split), IMAGE_EXTS)
 
 
-def annotation_stems(root: str, split: str) -> list[str]:
-    return _stems(annotation_dir(root, split), MASK_EXT)
+def annotation_files(root: str, split: str) -> tuple[dict[str, str], list[tuple[str, str]]]:
+    return list_files(annotation_dir(root, split), MASK_EXTS)
 
 
 def invalid_raw_values(values: np.ndarray) -> list[int]:

@@ -8,7 +8,9 @@ features.json, metadata.json with the class names), `DIR/ade20k/scene_parsing/1.
 `DIR/coco_panoptic/semantic/1.0.0/`, and `DIR/build_report.json` (copied into the version folder, so each
 dataset keeps its own when several share DIR): per split the counts, the skipped files, and `pixels`, the pixels
 of the stored masks per raw value (256 counts). tfds writes into a temporary `incomplete.*` folder and renames it
-only when every split is done, so an interrupted build never leaves shards that look complete: just rerun it.
+only when every split is done, so an interrupted build never leaves shards that look complete: just rerun it (the
+rerun deletes the left-over `incomplete.*` folder, saying so). A complete build is never changed: asking it for a
+split it lacks is an error saying how to build one.
 ADE20K and COCO panoptic images become single-frame videos in the same format (see `image_tfds`).
 
 One record per frame, in video order and frame order (shuffling is disabled), with these features:
@@ -24,9 +26,12 @@ Splits: train / val (every frame labelled), test (no labels), and with --extra-f
 the videos under DIR/data (VSPW layout, listed in DIR/extra.txt if present, else every folder), each frame
 labelled if a mask exists for it (pseudo labels) and unlabelled otherwise (frames to pseudo-label).
 
-Bad input (corrupt JPEG/PNG, mask size differing from its frame, label value neither a class id nor void, frame
-without mask in a labelled split, listed video missing) stops the build with an error naming the file; with
---skip-bad the frame (or video) is left out and listed in the report instead. The same holds for the images of
+Bad input (corrupt JPEG/PNG, mask size differing from its frame, frame size differing from its video's first
+frame, label value neither a class id nor void, frame without mask in a labelled split, listed video missing, a
+file of a frame or mask folder that `vspw.list_folder` does not accept: another extension, a name that is not a
+frame number, two files of one frame) stops the build with an error naming the file; with --skip-bad the frame (or
+video, or file) is left out and listed in the report instead, and a split left with nothing is an error listing
+the bad files. A video listed in two split files stops the build. The same holds for the images of
 ADE20K and COCO panoptic (also: image without annotation, panoptic segment missing from the JSON).
 """
 
@@ -35,11 +40,12 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 from typing import Sequence
 
 import tensorflow_datasets as tfds
 
-from stcl_jax.data import ade20k, coco_panoptic, image_tfds, vspw_tfds
+from stcl_jax.data import ade20k, coco_panoptic, image_tfds, vspw, vspw_tfds
 from stcl_jax.data.vspw_tfds import CONFIG, EXTRA, LABELS, BadInputError, Vspw, dataset_dir  # noqa: F401
 
 # --dataset -> (builder class, (name, config, version), splits it has, the layout --data-root must hold)
@@ -62,8 +68,8 @@ def build_dataset(data_root: str, output_dir: str, splits: Sequence[str] = ("tra
 
     Returns the report (also written to `output_dir/build_report.json` and the version folder): per split the
     videos/frames (images) written and the pixels per raw mask value, and the skipped files with reasons. Raises
-    BadInputError naming the file on bad input unless `skip_bad`. Rerunning after a completed build does nothing;
-    after an interrupted one it builds from scratch."""
+    BadInputError naming the file on bad input unless `skip_bad`. Rerunning after a completed build does nothing
+    (ValueError if it lacks one of `splits`); after an interrupted one it builds from scratch."""
     dataset = dataset.replace("_", "-")
     if dataset not in DATASETS:
         raise ValueError(f"dataset {dataset!r}: expected one of {sorted(DATASETS)}")
@@ -78,10 +84,14 @@ def build_dataset(data_root: str, output_dir: str, splits: Sequence[str] = ("tra
     if dataset == "vspw" and not os.path.isdir(os.path.join(data_root, "data")):
         raise FileNotFoundError(f"--data-root {data_root} has no data/ folder: pass the extracted VSPW_480p folder")
     _check_layout(dataset, data_root, splits)
+    if dataset == "vspw":
+        _check_disjoint_splits(data_root)
     final = os.path.join(output_dir, name, config, version)
     if os.path.exists(os.path.join(final, "dataset_info.json")):
+        _check_has_splits(final, splits)
         print(f"[build] {final} is already complete; delete it to rebuild")
         return _read_report(final) or _read_report(output_dir)
+    _remove_stale_incomplete(os.path.join(output_dir, name, config))
     extra = {"extra_frames": extra_frames} if dataset == "vspw" else {}
     builder = builder_cls(data_dir=output_dir, config=config, file_format="array_record", splits=splits,
                           workers=workers, skip_bad=skip_bad, progress=progress, **extra)
@@ -106,6 +116,40 @@ def _check_layout(dataset: str, data_root: str, splits: Sequence[str]) -> None:
     elif dataset == "coco-panoptic":
         for split in splits:
             coco_panoptic.find_layout(data_root, split)
+
+
+def _check_disjoint_splits(data_root: str) -> None:
+    """Refuses a VSPW folder whose split files share a video (training on validation data)."""
+    listed = {s: vspw.read_split(data_root, s) for s in vspw.SPLITS if os.path.isfile(vspw.split_file(data_root, s))}
+    seen: dict[str, str] = {}
+    for split, videos in listed.items():
+        for video in videos:
+            if video in seen:
+                raise BadInputError(f"video {video!r} is listed in both {vspw.split_file(data_root, seen[video])} "
+                                    f"and {vspw.split_file(data_root, split)}: a video belongs to one split")
+            seen[video] = split
+
+
+def _check_has_splits(final: str, splits: Sequence[str]) -> None:
+    """A complete build is never changed: asking it for a split it lacks is an error saying how to get one."""
+    with open(os.path.join(final, "dataset_info.json")) as f:
+        built = [s["name"] for s in json.load(f).get("splits", [])]
+    missing = [s for s in splits if s not in built]
+    if missing:
+        raise ValueError(f"the complete build {final} has splits {built}, not {missing}: a build is written once, "
+                         f"so build every split together into a new --output (--splits "
+                         f"{','.join(dict.fromkeys([*built, *splits]))}), or delete {final} first")
+
+
+def _remove_stale_incomplete(parent: str) -> None:
+    """Deletes the `incomplete.*` folders that interrupted builds left in `parent` (tfds never reuses them)."""
+    if not os.path.isdir(parent):
+        return
+    for d in sorted(os.listdir(parent)):
+        path = os.path.join(parent, d)
+        if d.startswith("incomplete.") and os.path.isdir(path):
+            print(f"[build] removing {path}, left by an interrupted build")
+            shutil.rmtree(path)
 
 
 def _read_report(output_dir: str) -> dict:

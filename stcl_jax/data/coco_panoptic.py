@@ -11,7 +11,8 @@ the segment id R + 256 G + 256^2 B; id 0 (unlabelled) and segments with iscrowd=
 category c -> raw (contiguous index of c) + 1, the contiguous index being c's position in the JSON's `categories`
 sorted by id (normally CATEGORIES below: raw 1..133, train id = raw - 1 as for VSPW). Errors (ValueError): a
 segment id in the PNG but not in its image's `segments_info`, a category id not in `categories`, a PNG size
-differing from its image's, more than 254 categories.
+differing from its image's, more than 254 categories, an image listed twice (two entries of one file name) or
+annotated twice (two annotations of one image id).
 """
 
 from __future__ import annotations
@@ -107,7 +108,18 @@ def load_annotations(path: str) -> dict:
         images = sorted(data["images"], key=lambda im: im["file_name"])
     except (KeyError, TypeError) as e:
         raise ValueError(f"{path} is not a COCO panoptic annotation file (missing {e})") from None
+    _check_unique(path, [int(a["image_id"]) for a in data["annotations"]], "annotations of image id")
+    _check_unique(path, [os.path.splitext(im["file_name"])[0] for im in images], "images named")
     return {"class_names": [c["name"] for c in cats], "raw": raw, "images": images, "annotations": anns}
+
+
+def _check_unique(path: str, keys: list, what: str) -> None:
+    """ValueError naming the first key listed twice (a second entry would silently replace or repeat one)."""
+    seen = set()
+    for key in keys:
+        if key in seen:
+            raise ValueError(f"{path}: two {what} {key!r}; each image must be listed, and annotated, once")
+        seen.add(key)
 
 
 def segment_ids(rgb: np.ndarray) -> np.ndarray:

@@ -18,7 +18,7 @@ import numpy as np
 import tensorflow_datasets as tfds
 
 from stcl_jax.data import ade20k, coco_panoptic, image_scan, scan
-from stcl_jax.data.vspw_tfds import RecordBuilder, bad_input, map_jobs
+from stcl_jax.data.vspw_tfds import RecordBuilder, bad_input, empty_split, map_jobs
 
 ADE20K = ("ade20k", "scene_parsing", "1.0.0")
 COCO_PANOPTIC = ("coco_panoptic", "semantic", "1.0.0")
@@ -35,14 +35,21 @@ class _ImageBuilder(RecordBuilder, skip_registration=True):
         """(function scanning one job -> scan.Frame | scan.Bad, jobs in record order)."""
         raise NotImplementedError
 
+    def _report_bad(self, split: str, bad: list[scan.Bad]) -> None:
+        """Bad inputs found while listing a split: the build stops, or with --skip-bad they are reported."""
+        if bad and not self._skip_bad:
+            raise bad_input(split, bad, "split")
+        self.skipped.extend(bad)
+
     def _generate_examples(self, split: str, fn, jobs: list) -> Iterable:
         pixels = self.pixels.setdefault(split, np.zeros(256, np.int64))
-        n, t0 = 0, time.time()
+        n, t0, bad_here = 0, time.time(), []
         for i, res in enumerate(map_jobs(fn, jobs, self._workers, chunksize=16)):
             if isinstance(res, scan.Bad):
                 if not self._skip_bad:
                     raise bad_input(split, [res], "image")
                 self.skipped.append(res)
+                bad_here.append(res)
                 continue
             pixels += res.pixels
             yield f"{n:08d}", {
@@ -54,6 +61,8 @@ class _ImageBuilder(RecordBuilder, skip_registration=True):
                 eta = (len(jobs) - i - 1) * (time.time() - t0) / (i + 1)
                 print(f"[build] {split}: {i + 1}/{len(jobs)} images, {(i + 1) / (time.time() - t0):.0f} images/s, "
                       f"ETA {eta:.0f} s", flush=True)
+        if not n:
+            raise empty_split(split, bad_here, "image")
         self.counts[split] = {"images": n}
 
 
@@ -69,9 +78,9 @@ class Ade20k(_ImageBuilder):
 
     def _jobs(self, root, split):
         root = ade20k.resolve_root(root)
-        images, masks = set(ade20k.image_stems(root, split)), set(ade20k.annotation_stems(root, split))
-        jobs = [(s, ade20k.image_path(root, split, s) if s in images else None,
-                 ade20k.annotation_path(root, split, s) if s in masks else None) for s in sorted(images | masks)]
+        (images, bad_images), (masks, bad_masks) = ade20k.image_files(root, split), ade20k.annotation_files(root, split)
+        self._report_bad(split, [scan.Bad(path, reason) for path, reason in bad_images + bad_masks])
+        jobs = [(s, images.get(s), masks.get(s)) for s in sorted(set(images) | set(masks))]
         return image_scan.scan_ade20k, jobs
 
 
@@ -101,11 +110,8 @@ class CocoPanoptic(_ImageBuilder):
             used.add(int(im["id"]))
             jobs.append((os.path.splitext(im["file_name"])[0], os.path.join(layout.image_dir, im["file_name"]),
                          png, (int(im["height"]), int(im["width"])), a["segments_info"] if a else []))
-        orphans = sorted(set(ann["annotations"]) - used)
-        for image_id in orphans:       # an annotation whose image the JSON does not list
-            bad = scan.Bad(os.path.join(layout.png_dir, ann["annotations"][image_id]["file_name"]),
-                           f"annotation of image id {image_id}, which is not in {layout.json}'s images")
-            if not self._skip_bad:
-                raise bad_input(split, [bad], "image")
-            self.skipped.append(bad)
+        orphans = sorted(set(ann["annotations"]) - used)   # annotations whose image the JSON does not list
+        self._report_bad(split, [scan.Bad(os.path.join(layout.png_dir, ann["annotations"][i]["file_name"]),
+                                          f"annotation of image id {i}, which is not in {layout.json}'s images")
+                                 for i in orphans])
         return functools.partial(image_scan.scan_coco_panoptic, raw=ann["raw"]), jobs

@@ -82,15 +82,69 @@ def open_split(data_dir: str, split: str):
     builder = tfds.builder_from_directory(resolve_dataset_dir(data_dir))
     if split not in builder.info.splits:
         raise ValueError(f"split {split!r} is not in the build at {data_dir}: it has {sorted(builder.info.splits)}")
-    return builder.as_data_source(split, decoders={"image": tfds.decode.SkipDecoding()})
+    info = builder.info.splits[split]
+    source = builder.as_data_source(split, decoders={"image": tfds.decode.SkipDecoding()})
+    return RecordSource(source, split, [os.fspath(p) for p in info.filepaths], list(info.shard_lengths))
 
 
-def decode_image(jpeg: bytes) -> np.ndarray:
-    """JPEG bytes -> uint8 (H, W, 3) RGB."""
+class RecordReadError(ValueError):
+    """A record that cannot be read (a corrupt or truncated shard); the message names the shard and record."""
+
+
+class RecordSource:
+    """The records of one split (`len`, `source[i]`), as tfds' data source, except that a failed read names the
+    shard file and the record's index in the split and in that shard (instead of ArrayRecord's bare "chunk data
+    hash mismatch ... at <byte offset>")."""
+
+    def __init__(self, source, split: str, shard_paths: list[str], shard_lengths: list[int]):
+        self._source, self.split = source, split
+        self._shards = list(zip(shard_paths, np.cumsum([0, *shard_lengths[:-1]]).tolist(), shard_lengths))
+
+    def __len__(self) -> int:
+        return len(self._source)
+
+    def __getitem__(self, index: int):
+        try:
+            return self._source[index]
+        except IndexError:
+            raise
+        except Exception as e:  # array_record raises RuntimeError / OSError / ValueError on corrupt data
+            raise RecordReadError(f"{self.locate(index)}: unreadable ({type(e).__name__}: {e}); the build is "
+                                  "damaged: rebuild it (python -m stcl_jax.data.build)") from e
+
+    def locate(self, index: int) -> str:
+        """'record I of split S (record J of shard FILE)'."""
+        index = int(index) + (len(self) if int(index) < 0 else 0)
+        for path, start, length in self._shards:
+            if start <= index < start + length:
+                return f"record {index} of split {self.split!r} (record {index - start} of shard {path})"
+        return f"record {index} of split {self.split!r}"
+
+
+def decode_image(jpeg: bytes, where: str = "a frame of the build") -> np.ndarray:
+    """JPEG bytes -> uint8 (H, W, 3) RGB; `where` names the record in the error of an undecodable one."""
     img = cv2.imdecode(np.frombuffer(jpeg, np.uint8), cv2.IMREAD_COLOR)
     if img is None:
-        raise ValueError("could not decode a JPEG frame of the build")
+        raise ValueError(f"could not decode the JPEG of {where}")
     return cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
+
+
+def record_name(record, split: str = "") -> str:
+    """'frame F of video V' (of split S): how errors name a record."""
+    return (f"frame {text(record['frame_name'])} of video {text(record['video'])}"
+            + (f" (split {split!r})" if split else ""))
+
+
+def stack_video_frames(records_of_video, split: str = "") -> np.ndarray:
+    """The decoded frames (F, H, W, 3) of one video's records; a frame whose size differs from the first's (a
+    build made before the build refused those) raises ValueError naming it."""
+    frames = [decode_image(r["image"], record_name(r, split)) for r in records_of_video]
+    for r, f in zip(records_of_video, frames):
+        if f.shape != frames[0].shape:
+            raise ValueError(f"{record_name(r, split)} is {f.shape[1]}x{f.shape[0]} but the video's first frame is "
+                             f"{frames[0].shape[1]}x{frames[0].shape[0]}: rebuild the dataset (the build refuses "
+                             "videos of mixed frame sizes)")
+    return np.stack(frames)
 
 
 def decode_mask(png: bytes) -> np.ndarray:
@@ -119,7 +173,7 @@ def iterate_videos(data_dir: str, split: str, max_videos: int = 0, *, process_in
         n = int(first["num_frames"])
         if done % process_count == process_index:
             recs = [first] + [source[i + t] for t in range(1, n)]
-            frames = np.stack([decode_image(r["image"]) for r in recs])
+            frames = stack_video_frames(recs, split)
             masks = None
             if any(r["has_label"] for r in recs):
                 masks = np.stack([decode_mask(r["mask"]) if r["has_label"]

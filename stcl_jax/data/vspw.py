@@ -12,6 +12,12 @@ Layout of the extracted 480p release (`VSPW_480p/`)::
 
 Frame names are indices into the source video, so a video's first frame is rarely 00000000: always use the sorted
 file names, never name arithmetic. YouTube ids may contain "_", so split a folder name on the FIRST "_" only.
+
+Listing a frame (or mask) folder (`list_folder`): frames are the files whose extension is one of FRAME_EXTS (masks:
+MASK_EXTS) in any letter case (`.JPG`, `.jpeg`), ordered by the NUMBER their name holds (so unpadded `8, 9, 10`
+keep video order). Every other file is a problem reported with its path, never dropped unseen: a name that is not
+a number, another extension, two files of one frame (`00000541.jpg` + `00000541.jpeg`, or `10.jpg` + `010.jpg`).
+Only hidden files (name starting with ".", e.g. macOS `._*` and `.DS_Store`) are ignored.
 """
 
 from __future__ import annotations
@@ -28,8 +34,10 @@ IGNORE_INDEX = 255
 RAW_OTHERS = 0
 RAW_VOID = 255
 SPLITS = ("train", "val", "test")
-FRAME_EXT = ".jpg"
+FRAME_EXT = ".jpg"          # the extension files are written with
 MASK_EXT = ".png"
+FRAME_EXTS = (".jpg", ".jpeg")   # accepted when reading, in any letter case
+MASK_EXTS = (".png",)
 
 # Index = train id (raw mask value - 1). Spelling as in the official release (including its capitals).
 CLASS_NAMES = (
@@ -159,21 +167,57 @@ def mask_path(root: str, video: str, frame: str) -> str:
     return os.path.join(root, "data", video, "mask", frame + MASK_EXT)
 
 
-def _stems(folder: str, ext: str) -> list[str]:
-    return sorted(n[: -len(ext)] for n in os.listdir(folder) if n.lower().endswith(ext) and not n.startswith("."))
+def list_folder(folder: str, exts: Sequence[str], what: str = "frame"
+                ) -> tuple[list[tuple[str, str]], list[tuple[str, str]]]:
+    """(files, problems) of a frame or mask folder (module docstring): files = [(name without extension, file
+    name)] in frame-number order; problems = [(path, reason)] for every non-hidden file that is not one of them."""
+    by_number: dict[int, list[str]] = {}
+    problems = []
+    for fname in sorted(os.listdir(folder)):
+        if fname.startswith("."):
+            continue
+        stem, ext = os.path.splitext(fname)
+        path = os.path.join(folder, fname)
+        if ext.lower() not in exts:
+            problems.append((path, f"not a {what} file: expected {'/'.join(exts)} (any letter case)"))
+        elif not (stem.isascii() and stem.isdigit()):
+            problems.append((path, f"{what} name {stem!r} is not a frame number: VSPW {what}s are named by their "
+                                   "index in the video (e.g. 00000123), which gives their order"))
+        else:
+            by_number.setdefault(int(stem), []).append(fname)
+    files = []
+    for number in sorted(by_number):
+        names = by_number[number]
+        if len(names) > 1:
+            problems.append((os.path.join(folder, names[0]), f"{len(names)} files are {what} {number}: "
+                             f"{', '.join(os.path.join(folder, n) for n in names)}; keep one"))
+            continue
+        files.append((os.path.splitext(names[0])[0], names[0]))
+    return files, problems
+
+
+def _names(folder: str, exts: Sequence[str], what: str) -> list[str]:
+    files, problems = list_folder(folder, exts, what)
+    if problems:
+        path, reason = problems[0]
+        more = f" (and {len(problems) - 1} more problems in {folder})" if len(problems) > 1 else ""
+        raise ValueError(f"{path}: {reason}{more}")
+    return [stem for stem, _ in files]
 
 
 def frame_names(root: str, video: str) -> list[str]:
-    """Sorted frame names (no extension) of `video`'s origin/ folder: the frame order of the video."""
+    """Frame names (no extension) of `video`'s origin/ folder in frame-number order: the frame order of the video.
+    Raises ValueError naming a file that is not a frame (see `list_folder`)."""
     folder = os.path.join(video_dir(root, video), "origin")
     if not os.path.isdir(folder):
         raise FileNotFoundError(f"video {video!r}: frame folder {folder} not found")
-    return _stems(folder, FRAME_EXT)
+    return _names(folder, FRAME_EXTS, "frame")
 
 
 def mask_names(root: str, video: str) -> list[str] | None:
-    """Sorted mask names (no extension) of `video`, or None if it has no mask/ folder (test split)."""
+    """Mask names (no extension) of `video` in frame-number order, or None if it has no mask/ folder (test
+    split). Raises ValueError naming a file that is not a mask (see `list_folder`)."""
     folder = os.path.join(video_dir(root, video), "mask")
     if not os.path.isdir(folder):
         return None
-    return _stems(folder, MASK_EXT)
+    return _names(folder, MASK_EXTS, "mask")

@@ -67,6 +67,13 @@ def bad_input(split: str, bad: list[scan.Bad], unit: str) -> BadInputError:
                          "it out")
 
 
+def empty_split(split: str, bad: list[scan.Bad], unit: str) -> BadInputError:
+    """The error of a split left with no record because every input was bad (with --skip-bad)."""
+    listed = "; ".join(str(b) for b in bad[:5]) + (f"; and {len(bad) - 5} more" if len(bad) > 5 else "")
+    return BadInputError(f"split {split!r} has no usable {unit}: all {len(bad)} bad inputs were left out "
+                         f"({listed or 'no input listed'})")
+
+
 class RecordBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
     """What every build shares: the features, the class names in the metadata, and the build's bookkeeping
     (skipped inputs, per-split counts and pixels per raw mask value) that `build_dataset` reports."""
@@ -121,11 +128,13 @@ class Vspw(RecordBuilder):
         jobs = [(root, v, LABELS[split]) for v in videos]
         pixels = self.pixels.setdefault(split, np.zeros(256, np.int64))
         start, n_videos, t0 = 0, 0, time.time()
+        bad_here = []
         for i, res in enumerate(map_jobs(scan.scan_video_star, jobs, self._workers)):
             if res.bad:
                 if not self._skip_bad:
                     raise bad_input(split, res.bad, "video")
                 self.skipped.extend(res.bad)
+                bad_here.extend(res.bad)
             n = len(res.frames)
             for t, fr in enumerate(res.frames):
                 if fr.pixels is not None:
@@ -141,6 +150,8 @@ class Vspw(RecordBuilder):
                 eta = (len(jobs) - i - 1) * (time.time() - t0) / (i + 1)
                 print(f"[build] {split}: {i + 1}/{len(jobs)} videos, {start} frames, {rate:.0f} frames/s, "
                       f"ETA {eta:.0f} s", flush=True)
+        if not start:
+            raise empty_split(split, bad_here, "frame")
         self.counts[split] = {"videos": n_videos, "frames": start}
 
 

@@ -350,15 +350,22 @@ def _allgather_concat(x: np.ndarray) -> np.ndarray:
 
 # ----------------------------------------------------------------------------------------------- reporting
 def format_table(result: dict, class_names: Sequence[str] | None = None) -> str:
-    """Human-readable summary and per-class table (classes without ground truth are marked '-')."""
+    """Human-readable summary and per-class table: every class, those without ground truth marked '-' and
+    "absent" (with the pixels predicted as them, which no score counts)."""
     if class_names is None:
         from stcl_jax.data.vspw import CLASS_NAMES as class_names
     total = sum(result["gt_pixels"]) or 1
+    pred_pixels = result.get("pred_pixels") or [0] * len(class_names)
     lines = [f"{'id':>4}  {'class':<24} {'IoU':>7} {'acc':>7} {'GT share':>9}"]
     for k, name in enumerate(class_names):
         iou, acc = result["iou"][k], result["class_acc"][k]
         fmt = lambda v: f"{100 * v:7.2f}" if v is not None else f"{'-':>7}"  # noqa: E731
-        lines.append(f"{k:>4}  {name[:24]:<24} {fmt(iou)} {fmt(acc)} {100 * result['gt_pixels'][k] / total:8.3f}%")
+        note = "" if result["gt_pixels"][k] else "  absent" + (f" (predicted on {pred_pixels[k]} px, not scored)"
+                                                              if pred_pixels[k] else "")
+        lines.append(f"{k:>4}  {name[:24]:<24} {fmt(iou)} {fmt(acc)} {100 * result['gt_pixels'][k] / total:8.3f}%"
+                     f"{note}")
+    present = sum(1 for n in result["gt_pixels"] if n)
+    lines.append(f"{present} of {len(class_names)} classes are in the ground truth; mIoU and mean acc average those")
     summary = ["  ".join(f"{key}={_pct(result.get(key))}" for key in
                          ("miou", "wiou", "pixel_acc", "mean_class_acc", *(f"vc{n}" for n in VC_WINDOWS))
                          if key in result)]

@@ -43,7 +43,8 @@ def test_config_sizes_and_errors():
     with pytest.raises(AttributeError):  # locked: a typo'd field fails
         model_config("tiny").swin.windowsize = 3
     cfg = model_config("tiny")
-    cfg.projection.feature = "stage2"  # stride left stale: build must refuse
+    assert (cfg.projection.feature, cfg.projection.stride) == ("stage2", 8)  # the encoder, stride 8 by default
+    cfg.projection.feature = "fused"  # stride left stale: build must refuse
     with pytest.raises(ValueError, match="projection.stride"):
         build_segmenter(cfg)
 

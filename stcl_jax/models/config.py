@@ -6,7 +6,8 @@ applies on one CPU in seconds (tests, `runlocal` configs). Fields (all documente
   swin.{embed_dim, depths, num_heads, window_size, patch_size, mlp_ratio, qkv_bias, drop_path_rate}
   decoder.{channels, pool_scales, dropout}      UperNet head (mmseg UPerHead)
   aux.{channels, in_index, num_convs, dropout}  FCN auxiliary head on a backbone stage
-  projection.{dim, feature, stride}             STCL projection head; `stride` is derived from `feature`
+  projection.{dim, feature, stride}             STCL projection head (default: encoder stage 2, stride 8);
+                                                `stride` is derived from `feature`
   num_classes, dtype ("float32" | "bfloat16"), remat (rematerialise each Swin block in the backward pass)
 """
 
@@ -28,6 +29,10 @@ _ALIASES = {"t": "tiny", "s": "small", "b": "base", "l": "large"}
 
 # Feature maps the projection head may read and their stride w.r.t. the input (patch size 4).
 PROJECTION_FEATURES = ("fused", "stage1", "stage2", "stage3", "stage4")
+# The paper's projection head reads the encoder's features (sec. 2.1, Fig. 2); stage 2 is the finest encoder stage
+# at stride 8: 96x96 embeddings per 768 crop. docs/design.md ("Where STCL reads its features") gives the reasons and
+# BENCHMARKS.md the measurement; "fused" (the decoder's stride-4 map, 16x the loss FLOPs) stays available.
+DEFAULT_PROJECTION_FEATURE = "stage2"
 
 # Keyword shortcuts accepted by model_config for the most common overrides.
 _SHORTCUTS = {
@@ -84,7 +89,8 @@ def model_config(size: str = "tiny", *, num_classes: int = 124, window_size: int
     cfg.decoder = ml_collections.ConfigDict(dict(
         channels=32 if micro else 512, pool_scales=(1, 2, 3, 6), dropout=0.1))
     cfg.aux = ml_collections.ConfigDict(dict(channels=16 if micro else 256, in_index=2, num_convs=1, dropout=0.1))
-    cfg.projection = ml_collections.ConfigDict(dict(dim=16 if micro else 512, feature="fused", stride=4))
+    cfg.projection = ml_collections.ConfigDict(dict(dim=16 if micro else 512, feature=DEFAULT_PROJECTION_FEATURE,
+                                                     stride=projection_stride(DEFAULT_PROJECTION_FEATURE)))
     for name, value in overrides.items():
         path = _SHORTCUTS.get(name, name)
         node, *rest = path.split(".")

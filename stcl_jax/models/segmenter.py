@@ -43,7 +43,7 @@ class Segmenter(nn.Module):
     aux_num_convs: int = 1
     aux_dropout: float = 0.1
     projection_dim: int = 512
-    projection_feature: str = "fused"
+    projection_feature: str = config_lib.DEFAULT_PROJECTION_FEATURE
     remat: bool = False
     dtype: Any = jnp.float32
 

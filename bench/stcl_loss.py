@@ -1,23 +1,26 @@
-"""STCL loss benchmark: forward+backward time and memory, tiled vs dense, against the roofline of its einsums.
+"""STCL loss benchmark: forward+backward time, FLOPs and memory of each implementation against the peak roofline.
 
-    python bench/stcl_loss.py                      # the issue's sizes: B=8, T=2, D=512 at 96x96 and 192x192, bf16
-    python bench/stcl_loss.py --sizes 24,32 --batch 2 --dim 64 --dtype float32 --steps 3   # CPU-sized
+    python bench/stcl_loss.py                      # Swin-L at a 768 crop: B=4 clips, T=2, D=512, bf16, 96x96
+                                                   # (stride 8) and 192x192 (stride 4); tiled, rows, dense
+    python bench/stcl_loss.py --smoke --json OUT/stcl.json           # tiny sizes, a few seconds on a CPU
+    python bench/stcl_loss.py --sizes 24,48 --batch 2 --dim 64 --dtype float32 --steps 7   # CPU-sized
 
 Per size: `jax.value_and_grad` of `spatial_temporal_consistency_loss` (jitted once) on random features with
 blob-shaped label maps (smooth random fields -> argmax over `--classes`, the reference frames shifted copies of
 the query frame, `--ignore` of the pixels void), as VSPW maps look at feature resolution.
 
-Reported per implementation: median step time, the compiled temporaries (`memory_analysis()`, every backend) and
-the device's peak bytes in use (GPUs), the einsum FLOPs and the time they would take at `--peak_tflops` (known
-for H100/H200/A100 bf16) and at the measured rate of the same tile einsums alone (a scan of `einsum + sum` over
-the contrast tiles, timed separately). FLOPs: the tiled loss does 5 einsum passes of 2*B*M*N*D each
-(forward: negatives, then positives; backward: scores, dZ_anchor, dZ_contrast) with M = h*w anchors and
-N = T*h*w contrast pixels per clip; the dense baseline does 3 (scores, and the two gradient products).
-The dense baseline runs only where its compiled temporaries fit (`--dense_limit_gib`, or the GPU's memory).
+Reported per implementation: median step time, the analytic GEMM FLOPs (`stcl.stcl_flops`: "rows" 3 passes of
+2*B*M*N*D, "tiled" 5, "dense" 3, with M = h*w anchors and N = T*h*w contrast pixels per clip; XLA's cost analysis
+counts a scan body once, so it is not used), the achieved TFLOP/s, the ratio of the step time to the time those
+FLOPs take at `--peak-tflops` (default from the device kind: H100/H200 989, A100 312, bf16 dense; "n/a" on a
+CPU), the compiled temporaries (`memory_analysis()`) and, on GPUs, the process's peak bytes in use so far (not
+reset between implementations). Also one tiled einsum pass alone (a scan of `einsum + sum` over the contrast
+tiles), the rate the einsums reach on this device. The dense baseline runs only where its compiled temporaries
+fit (the GPU's memory, or `--dense_limit_gib` elsewhere).
 
-"sorted" is the tiled loss with `sort_by_label=True`: each clip's pixels sorted by label so the positive pass
-visits only the contrast tiles whose labels overlap the anchor tile's (one span per anchor tile for the whole
-batch); its einsum work is 4 + (visited fraction) passes. The bench prints that fraction for the blob maps.
+"sorted" (not in the default list) is "tiled" with `sort_by_label=True`: the positive pass visits only the
+contrast tiles whose labels overlap the anchor tile's; its work is 4 + (visited fraction) passes, printed for the
+blob maps. `--json PATH` writes a list of result dicts, one per (size, implementation).
 """
 
 from __future__ import annotations
@@ -32,7 +35,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from stcl_jax.losses import spatial_temporal_consistency_loss as stcl
-from stcl_jax.losses.stcl import balanced_tile  # the tile sizes the loss uses
+from stcl_jax.losses.stcl import balanced_tile, stcl_flops  # the tile sizes the loss uses, its GEMM FLOPs
 
 # Dense peak TFLOP/s per device for bf16 inputs (vendor datasheets, SXM parts); fp32 here means TF32 on GPUs.
 PEAK_TFLOPS = {"H100": 989.0, "H200": 989.0, "A100": 312.0}
@@ -40,25 +43,33 @@ PEAK_TFLOPS = {"H100": 989.0, "H200": 989.0, "A100": 312.0}
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--batch", type=int, default=8, help="clips B")
+    p.add_argument("--batch", type=int, default=4, help="clips B")
     p.add_argument("--frames", type=int, default=2, help="frames per clip T (query + references)")
     p.add_argument("--sizes", default="96,192", help="comma-separated feature sizes h (= w)")
+    p.add_argument("--crop", type=int, default=768, help="image crop the sizes come from (labels the stride)")
     p.add_argument("--dim", type=int, default=512, help="embedding dimension D")
     p.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float32"])
     p.add_argument("--classes", type=int, default=124, help="label vocabulary of the blob maps")
     p.add_argument("--blob", type=int, default=12, help="blob scale in pixels (smaller = more segments)")
     p.add_argument("--ignore", type=float, default=0.05, help="fraction of void pixels")
     p.add_argument("--temperature", type=float, default=0.07)
-    p.add_argument("--anchor_tile", type=int, default=1024)
-    p.add_argument("--contrast_tile", type=int, default=2048)
-    p.add_argument("--impl", default="tiled,sorted,dense", help="implementations: tiled,sorted,dense")
+    p.add_argument("--anchor_tile", type=int, default=0, help="0 = each implementation's default")
+    p.add_argument("--contrast_tile", type=int, default=2048, help="tiled only")
+    p.add_argument("--impl", default="tiled,rows,dense", help="implementations: tiled,rows,dense,sorted")
     p.add_argument("--steps", type=int, default=5, help="timed steps")
     p.add_argument("--dense_limit_gib", type=float, default=8.0, help="skip dense above this (non-GPU backends)")
-    p.add_argument("--peak_tflops", type=float, default=0.0, help="device peak; 0 = from the device name")
+    p.add_argument("--peak-tflops", "--peak_tflops", dest="peak_tflops", type=float, default=0.0,
+                   help="device peak TFLOP/s; 0 = from the device kind (none on a CPU)")
+    p.add_argument("--smoke", action="store_true",
+                   help="tiny sizes for a CPU check: --sizes 8,12 --batch 2 --dim 32 float32, 2 steps")
     p.add_argument("--compile_only", action="store_true", help="compile and report memory, run nothing")
     p.add_argument("--stats_only", action="store_true", help="only the label-sorted tile statistics (no JAX)")
-    p.add_argument("--json", default="", help="write the results here")
-    return p.parse_args(argv)
+    p.add_argument("--json", default="", metavar="PATH", help="write the list of result dicts here")
+    args = p.parse_args(argv)
+    if args.smoke:
+        args.sizes, args.batch, args.dim, args.dtype, args.steps = "8,12", 2, 32, "float32", 2
+        args.classes, args.blob = 6, 4
+    return args
 
 
 def blob_labels(rng, batch, frames, size, classes, blob, ignore):
@@ -117,11 +128,15 @@ def time_fn(fn, args, steps, cpu_times=None):
     return statistics.median(times)
 
 
+def tiled_anchor_tile(args):
+    return args.anchor_tile or 1024  # the tiled loss's default
+
+
 def einsum_pass_time(feats, args, steps):
     """One tiled einsum pass alone: anchors x contrast tiles, each reduced so XLA cannot drop it."""
     b, t, h, w, d = feats.shape
     m, n = h * w, t * h * w
-    ta, tc = balanced_tile(m, args.anchor_tile), balanced_tile(n, args.contrast_tile)
+    ta, tc = balanced_tile(m, tiled_anchor_tile(args)), balanced_tile(n, args.contrast_tile)
     za = feats[:, 0].reshape(b, m, d)[:, :m - m % ta].reshape(b, -1, ta, d).swapaxes(0, 1)
     zc = feats.reshape(b, n, d)[:, :n - n % tc].reshape(b, -1, tc, d).swapaxes(0, 1)
 
@@ -141,56 +156,75 @@ def einsum_pass_time(feats, args, steps):
 
 
 def peak_tflops(args, device):
+    """`--peak-tflops`, else the datasheet figure of a known GPU; 0 (unknown) on a CPU or another device."""
     if args.peak_tflops:
         return args.peak_tflops
+    if device.platform == "cpu":
+        return 0.0
     return next((v for k, v in PEAK_TFLOPS.items() if k in device.device_kind), 0.0)
 
 
+def loss_step(impl, args):
+    """The jitted value_and_grad of one implementation ("sorted" = tiled with sort_by_label)."""
+    kw = {"implementation": "tiled" if impl == "sorted" else impl, "sort_by_label": impl == "sorted",
+          "anchor_tile": args.anchor_tile or None, "contrast_tile": args.contrast_tile}
+    return jax.jit(jax.value_and_grad(lambda f, y: stcl(f, y, temperature=args.temperature, **kw)))
+
+
+def run_impl(impl, feats, labels, base, flops, args, device):
+    """One result dict: compile, check memory, time; `base` holds the size's fields."""
+    peak = peak_tflops(args, device)
+    compiled = loss_step(impl, args).lower(feats, labels).compile()
+    temp = compiled.memory_analysis().temp_size_in_bytes
+    limit = (device.memory_stats() or {}).get("bytes_limit", args.dense_limit_gib * 2**30)
+    res = dict(base, implementation=impl, tflop=flops / 1e12, temp_gib=temp / 2**30,
+               peak_tflops=peak or None)
+    if args.compile_only:
+        return dict(res, skipped="--compile_only")
+    if impl == "dense" and temp > 0.9 * limit:
+        return dict(res, skipped=f"needs {temp / 2**30:.1f} GiB of temporaries, limit {limit / 2**30:.1f} GiB")
+    cpu = []
+    seconds = time_fn(compiled, (feats, labels), args.steps, cpu)
+    res.update(step_s=seconds, step_cpu_s=cpu[0], achieved_tflops=flops / seconds / 1e12,
+               vs_peak_roofline=seconds / (flops / (peak * 1e12)) if peak else None,
+               vs_einsum_roofline=seconds * base["einsum_pass_tflop"] * 1e12 / (flops * base["einsum_pass_s"]))
+    if "peak_bytes_in_use" in (device.memory_stats() or {}):
+        res["process_peak_gib"] = device.memory_stats()["peak_bytes_in_use"] / 2**30
+    return res
+
+
 def run_size(size, args, rng, device):
+    """The result dicts of every `--impl` at feature size `size` x `size`."""
     b, t, d = args.batch, args.frames, args.dim
     m, n = size * size, t * size * size
     labels = jnp.asarray(blob_labels(rng, b, t, size, args.classes, args.blob, args.ignore))
     shape, dtype = (b, t, size, size, d), jnp.dtype(args.dtype)
     feats = (jax.ShapeDtypeStruct(shape, dtype) if args.compile_only  # abstract: nothing is allocated
              else jax.random.normal(jax.random.PRNGKey(size), shape, dtype))
-    pass_flops = 2.0 * b * m * n * d
-    peak = peak_tflops(args, device)
-    row = {"size": size, "B": b, "T": t, "D": d, "dtype": args.dtype, "anchors_per_clip": m,
-           "contrast_per_clip": n, "einsum_pass_tflop": pass_flops / 1e12}
-    if args.compile_only:
-        pass_s = pass_cpu = float("nan")
-    else:
-        pass_s, pass_cpu = einsum_pass_time(feats, args, args.steps)
-    row["einsum_pass_s"], row["einsum_pass_cpu_s"] = pass_s, pass_cpu
-    per_clip, visited = positive_tile_fraction(np.asarray(labels), args.anchor_tile, args.contrast_tile)
-    row["positive_tiles"] = {"per_clip_mean": float(per_clip.mean()), "per_clip_max": float(per_clip.max()),
-                             "visited": visited}
+    pass_s, pass_cpu = ((float("nan"),) * 2 if args.compile_only else einsum_pass_time(feats, args, args.steps))
+    per_clip, visited = positive_tile_fraction(np.asarray(labels), tiled_anchor_tile(args), args.contrast_tile)
+    base = {"size": size, "stride": args.crop / size, "B": b, "T": t, "D": d, "dtype": args.dtype,
+            "anchors_per_clip": m, "contrast_per_clip": n, "device": device.device_kind,
+            "einsum_pass_tflop": stcl_flops("rows", b, m, n, d) / 3e12, "einsum_pass_s": pass_s,
+            "einsum_pass_cpu_s": pass_cpu, "positive_tiles_visited": visited}
+    results = []
     for impl in args.impl.split(","):
-        passes = {"tiled": 5, "sorted": 4 + visited, "dense": 3}[impl]
-        fn = jax.jit(jax.value_and_grad(lambda f, y, impl=impl: stcl(
-            f, y, temperature=args.temperature, anchor_tile=args.anchor_tile, contrast_tile=args.contrast_tile,
-            implementation="dense" if impl == "dense" else "tiled", sort_by_label=impl == "sorted")))
-        compiled = fn.lower(feats, labels).compile()
-        temp = compiled.memory_analysis().temp_size_in_bytes
-        stats = device.memory_stats() or {}
-        limit = stats.get("bytes_limit", args.dense_limit_gib * 2**30)
-        res = {"temp_gib": temp / 2**30, "tflop": passes * pass_flops / 1e12}
-        if args.compile_only:
-            res["skipped"] = f"--compile_only: temporaries {temp / 2**30:.3f} GiB"
-        elif impl == "dense" and temp > 0.9 * limit:
-            res["skipped"] = f"needs {temp / 2**30:.1f} GiB of temporaries, limit {limit / 2**30:.1f} GiB"
-        else:
-            cpu = []
-            seconds = time_fn(compiled, (feats, labels), args.steps, cpu)
-            res.update(step_s=seconds, step_cpu_s=cpu[0], achieved_tflops=passes * pass_flops / seconds / 1e12,
-                       vs_einsum_roofline=seconds / (passes * pass_s),
-                       vs_einsum_roofline_cpu_time=cpu[0] / (passes * pass_cpu))
-            if peak:
-                res["vs_peak_roofline"] = seconds / (passes * pass_flops / (peak * 1e12))
-            if "peak_bytes_in_use" in (device.memory_stats() or {}):
-                res["device_peak_gib"] = device.memory_stats()["peak_bytes_in_use"] / 2**30
-        row[impl] = res
-    return row
+        flops = (stcl_flops("tiled", b, m, n, d, positive_fraction=visited) if impl == "sorted"
+                 else stcl_flops(impl, b, m, n, d))
+        results.append(run_impl(impl, feats, labels, base, flops, args, device))
+    return results, per_clip
+
+
+def describe(r):
+    """One printed line per result dict."""
+    if "skipped" in r:
+        return f"  {r['implementation']:6s}: skipped ({r['skipped']}); temporaries {r['temp_gib']:.3f} GiB"
+    peak = f"{r['vs_peak_roofline']:.2f}x" if r["vs_peak_roofline"] else "n/a"
+    dev = f", process peak {r['process_peak_gib']:.2f} GiB" if "process_peak_gib" in r else ""
+    return (f"  {r['implementation']:6s}: fwd+bwd {r['step_s'] * 1e3:.1f} ms (process CPU "
+            f"{r['step_cpu_s'] * 1e3:.1f} ms), {r['tflop']:.4f} TFLOP -> {r['achieved_tflops']:.4f} TFLOP/s, "
+            f"{peak} the peak roofline, {r['vs_einsum_roofline']:.2f}x the measured-einsum roofline; "
+            f"temporaries {r['temp_gib']:.3f} GiB{dev}")
 
 
 def main(argv=None):
@@ -198,38 +232,29 @@ def main(argv=None):
     device = jax.devices()[0]
     rng = np.random.default_rng(0)
     print(f"device: {device.device_kind} ({jax.default_backend()}), jax {jax.__version__}, peak "
-          f"{peak_tflops(args, device) or 'unknown'} TFLOP/s")
+          f"{peak_tflops(args, device) or 'n/a'} TFLOP/s")
     rows = []
     for size in (int(s) for s in args.sizes.split(",")):
         if args.stats_only:
             labels = blob_labels(rng, args.batch, args.frames, size, args.classes, args.blob, args.ignore)
-            per_clip, visited = positive_tile_fraction(labels, args.anchor_tile, args.contrast_tile)
+            per_clip, visited = positive_tile_fraction(labels, tiled_anchor_tile(args), args.contrast_tile)
             rows.append({"size": size, "per_clip_mean": float(per_clip.mean()), "visited": visited})
-            print(f"{size}x{size}, tiles {args.anchor_tile}x{args.contrast_tile}: tile pairs holding a positive "
-                  f"pair {per_clip.mean():.1%} per clip (max {per_clip.max():.1%}); batched positive pass visits "
-                  f"{visited:.1%} -> einsum work {(4 + visited) / 5:.1%} of the unsorted tiled loss")
+            print(f"{size}x{size}, tiles {tiled_anchor_tile(args)}x{args.contrast_tile}: tile pairs holding a "
+                  f"positive pair {per_clip.mean():.1%} per clip (max {per_clip.max():.1%}); batched positive pass "
+                  f"visits {visited:.1%} -> einsum work {(4 + visited) / 5:.1%} of the unsorted tiled loss")
             continue
-        row = run_size(size, args, rng, device)
-        rows.append(row)
-        print(f"\n{size}x{size}: B={row['B']} T={row['T']} D={row['D']} {row['dtype']}: {row['anchors_per_clip']} "
-              f"anchors x {row['contrast_per_clip']} contrast per clip; one einsum pass = "
-              f"{row['einsum_pass_tflop']:.4f} TFLOP, measured alone {row['einsum_pass_s'] * 1e3:.1f} ms "
-              f"(process CPU {row['einsum_pass_cpu_s'] * 1e3:.1f} ms)")
-        for impl in args.impl.split(","):
-            r = row[impl]
-            if "skipped" in r:
-                print(f"  {impl:6s}: skipped ({r['skipped']})")
-                continue
-            extra = f", {r['vs_peak_roofline']:.2f}x the peak roofline" if "vs_peak_roofline" in r else ""
-            dev = f", device peak {r['device_peak_gib']:.2f} GiB" if "device_peak_gib" in r else ""
-            print(f"  {impl:6s}: fwd+bwd {r['step_s'] * 1e3:.1f} ms (process CPU {r['step_cpu_s'] * 1e3:.1f} ms), "
-                  f"{r['tflop']:.4f} TFLOP -> {r['achieved_tflops']:.4f} TFLOP/s, {r['vs_einsum_roofline']:.2f}x "
-                  f"the measured-einsum roofline (CPU time: {r['vs_einsum_roofline_cpu_time']:.2f}x){extra}; "
-                  f"temporaries {r['temp_gib']:.3f} GiB{dev}")
-        f = row["positive_tiles"]
-        print(f"  label-sorted: tile pairs holding a positive pair {f['per_clip_mean']:.1%} per clip (max "
-              f"{f['per_clip_max']:.1%}); the batched positive pass visits {f['visited']:.1%} -> einsum work "
-              f"{(4 + f['visited']) / 5:.1%} of the unsorted tiled loss")
+        results, per_clip = run_size(size, args, rng, device)
+        rows.extend(results)
+        r = results[0]
+        print(f"\n{size}x{size} (stride {r['stride']:g} of a {args.crop} crop): B={r['B']} T={r['T']} D={r['D']} "
+              f"{r['dtype']}: {r['anchors_per_clip']} anchors x {r['contrast_per_clip']} contrast per clip; one "
+              f"einsum pass = {r['einsum_pass_tflop']:.4f} TFLOP, measured alone {r['einsum_pass_s'] * 1e3:.1f} ms "
+              f"(process CPU {r['einsum_pass_cpu_s'] * 1e3:.1f} ms)")
+        for r in results:
+            print(describe(r))
+        print(f"  label-sorted: tile pairs holding a positive pair {per_clip.mean():.1%} per clip (max "
+              f"{per_clip.max():.1%}); the batched positive pass visits {r['positive_tiles_visited']:.1%} -> "
+              f"einsum work {(4 + r['positive_tiles_visited']) / 5:.1%} of the unsorted tiled loss")
     if args.json:
         with open(args.json, "w") as fh:
             json.dump(rows, fh, indent=1)

@@ -2,7 +2,8 @@
 
 The reference shares no code with `stcl_jax.losses`: the full similarity matrix of each group, the ratio
 exp(s_ip) / (exp(s_ip) + sum_n exp(s_in)) taken literally (float64 holds exp(1/tau) for tau >= 0.01), and the
-gradient from torch.autograd.
+gradient from torch.autograd. Each check runs both exact implementations ("rows", the default, and "tiled")
+against one reference computation.
 """
 
 from __future__ import annotations
@@ -17,6 +18,8 @@ import torch
 
 from stcl_jax.losses import downsample_labels, spatial_temporal_consistency_loss as stcl
 from stcl_jax.losses.stcl import sample_anchors
+
+IMPLEMENTATIONS = ("rows", "tiled")
 
 
 def reference_stcl(features, labels, tau, *, ignore_index=255, scope="clip", pool=1, anchor_index=None):
@@ -86,13 +89,17 @@ def _loss_and_grad(feats, labels, temperature=0.07, key=None, **kw):
     return float(loss), np.asarray(grad)
 
 
-def _assert_matches(feats, labels, tau, rtol=2e-5, ref_kw=None, **kw):
+def _assert_matches(feats, labels, tau, rtol=2e-5, ref_kw=None, implementations=IMPLEMENTATIONS, **kw):
+    """Loss and gradient of each implementation against one reference computation; returns the first loss."""
     ref_loss, ref_grad = reference_stcl(feats, labels, tau, **(ref_kw or {}))
-    loss, grad = _loss_and_grad(feats, labels, temperature=tau, **kw)
-    np.testing.assert_allclose(loss, ref_loss, rtol=rtol, atol=1e-7)
     scale = max(np.abs(ref_grad).max(), 1e-30)
-    np.testing.assert_allclose(grad, ref_grad, rtol=1e-4, atol=1e-4 * scale)
-    return loss
+    losses = []
+    for implementation in implementations:
+        loss, grad = _loss_and_grad(feats, labels, temperature=tau, implementation=implementation, **kw)
+        np.testing.assert_allclose(loss, ref_loss, rtol=rtol, atol=1e-7, err_msg=implementation)
+        np.testing.assert_allclose(grad, ref_grad, rtol=1e-4, atol=1e-4 * scale, err_msg=implementation)
+        losses.append(loss)
+    return losses[0]
 
 
 # (seed, B, T, h, w, D, classes, ignore fraction, tau, anchor_tile, contrast_tile)
@@ -117,7 +124,7 @@ def test_temperatures(tau):
     feats, labels = _case(10, 2, 2, 5, 5, 6, 3, 0.2)
     _assert_matches(feats, labels, tau, anchor_tile=8, contrast_tile=16)
     if tau == 0.07:  # the dense baseline (bench/stcl_loss.py) against the same reference
-        _assert_matches(feats, labels, tau, implementation="dense")
+        _assert_matches(feats, labels, tau, implementations=("dense",))
 
 
 def test_stable_at_small_temperature():
@@ -137,22 +144,24 @@ def test_zero_feature_vectors_keep_finite_gradients():
     feats[1, 1, 2, :] = 0.0
     zero = np.all(feats == 0.0, axis=-1)
     ref_loss, ref_grad = reference_stcl(feats, labels, 0.07)
-    loss, grad = _loss_and_grad(feats, labels, anchor_tile=8, contrast_tile=16)
-    assert np.isfinite(grad).all()
-    np.testing.assert_allclose(loss, ref_loss, rtol=2e-5)
-    # Elsewhere the usual tolerance; at the zero vectors both give dL/dz / eps (x / max(|x|, eps) at x = 0).
-    rest, at_zero = ref_grad[~zero], ref_grad[zero]
-    np.testing.assert_allclose(grad[~zero], rest, rtol=1e-4, atol=1e-4 * np.abs(rest).max())
-    np.testing.assert_allclose(grad[zero], at_zero, rtol=1e-3, atol=1e-3 * np.abs(at_zero).max())
+    for implementation in IMPLEMENTATIONS:
+        loss, grad = _loss_and_grad(feats, labels, anchor_tile=8, contrast_tile=16, implementation=implementation)
+        assert np.isfinite(grad).all()
+        np.testing.assert_allclose(loss, ref_loss, rtol=2e-5)
+        # Elsewhere the usual tolerance; at the zero vectors both give dL/dz / eps (x / max(|x|, eps) at x = 0).
+        rest, at_zero = ref_grad[~zero], ref_grad[zero]
+        np.testing.assert_allclose(grad[~zero], rest, rtol=1e-4, atol=1e-4 * np.abs(rest).max())
+        np.testing.assert_allclose(grad[zero], at_zero, rtol=1e-3, atol=1e-3 * np.abs(at_zero).max())
 
 
-def test_all_ignored_gives_zero_and_finite_zero_gradient():
+@pytest.mark.parametrize("implementation", IMPLEMENTATIONS)
+def test_all_ignored_gives_zero_and_finite_zero_gradient(implementation):
     feats, labels = _case(12, 2, 2, 5, 5, 6, 3, 0.0)
     labels[:] = 255
-    loss, grad = _loss_and_grad(feats, labels, anchor_tile=8, contrast_tile=16)
+    loss, grad = _loss_and_grad(feats, labels, anchor_tile=8, contrast_tile=16, implementation=implementation)
     assert loss == 0.0 and np.all(grad == 0.0)
     labels[:, 1:] = 0  # reference frames labelled, query frame void: still no anchor
-    loss, grad = _loss_and_grad(feats, labels, anchor_tile=8, contrast_tile=16)
+    loss, grad = _loss_and_grad(feats, labels, anchor_tile=8, contrast_tile=16, implementation=implementation)
     assert loss == 0.0 and np.all(grad == 0.0)
 
 
@@ -160,9 +169,10 @@ def test_one_class_only():
     """No negatives: every term is -log(e^s / e^s) = 0; the anchors are kept, the loss and gradient are 0."""
     feats, labels = _case(13, 2, 2, 5, 5, 6, 1, 0.3)
     ref_loss, ref_grad = reference_stcl(feats, labels, 0.07)
-    loss, grad = _loss_and_grad(feats, labels, anchor_tile=8, contrast_tile=16)
-    assert loss == 0.0 and np.all(grad == 0.0)
     assert abs(ref_loss) < 1e-12 and np.abs(ref_grad).max() < 1e-12  # the reference, up to float64 rounding
+    for implementation in IMPLEMENTATIONS:
+        loss, grad = _loss_and_grad(feats, labels, anchor_tile=8, contrast_tile=16, implementation=implementation)
+        assert loss == 0.0 and np.all(grad == 0.0), implementation
 
 
 def test_anchor_whose_class_appears_nowhere_else_is_left_out():
@@ -175,13 +185,15 @@ def test_anchor_whose_class_appears_nowhere_else_is_left_out():
                     contrast_tile=16)
 
 
-def test_tile_size_independence():
+def test_tile_size_independence_and_rows_equal_tiled():
+    """Every tiling of both implementations gives the same loss and gradient up to float32 rounding."""
     feats, labels = _case(15, 2, 3, 7, 5, 8, 5, 0.25)
-    results = [_loss_and_grad(feats, labels, anchor_tile=ta, contrast_tile=tc)
-               for ta, tc in [(35, 105), (1, 7), (6, 50), (1024, 2048)]]
-    for loss, grad in results[1:]:
-        np.testing.assert_allclose(loss, results[0][0], rtol=1e-6)
-        np.testing.assert_allclose(grad, results[0][1], rtol=1e-5, atol=1e-6 * np.abs(results[0][1]).max())
+    tiled = [_loss_and_grad(feats, labels, anchor_tile=ta, contrast_tile=tc, implementation="tiled")
+             for ta, tc in [(35, 105), (1, 7), (6, 50), (1024, 2048)]]
+    rows = [_loss_and_grad(feats, labels, anchor_tile=ta, implementation="rows") for ta in (1, 6, None)]
+    for loss, grad in tiled[1:] + rows:
+        np.testing.assert_allclose(loss, tiled[0][0], rtol=1e-6)
+        np.testing.assert_allclose(grad, tiled[0][1], rtol=1e-5, atol=1e-6 * np.abs(tiled[0][1]).max())
 
 
 def test_batch_scope_matches_reference_and_differs_from_clip_scope():
@@ -199,13 +211,19 @@ def test_pool_option_matches_pooled_reference():
         stcl(jnp.asarray(feats), jnp.asarray(labels), pool=4)
 
 
-def test_bfloat16_features_accumulate_in_float32():
+@pytest.mark.parametrize("implementation", IMPLEMENTATIONS)
+def test_bfloat16_features_accumulate_in_float32(implementation):
     feats, labels = _case(18, 2, 2, 5, 5, 6, 4, 0.2)
-    ref_loss, _ = reference_stcl(feats, labels, 0.07)
-    fn = jax.jit(jax.value_and_grad(lambda f, y: stcl(f, y, anchor_tile=8, contrast_tile=16)))
-    loss, grad = fn(jnp.asarray(feats, jnp.bfloat16), jnp.asarray(labels))
+    bf16 = jnp.asarray(feats, jnp.bfloat16)
+    # The reference on the bf16-rounded inputs: what is left is the rounding of z and of the score gradient.
+    ref_loss, ref_grad = reference_stcl(np.asarray(bf16, np.float32), labels, 0.07)
+    fn = jax.jit(jax.value_and_grad(lambda f, y: stcl(f, y, anchor_tile=8, contrast_tile=16,
+                                                      implementation=implementation)))
+    loss, grad = fn(bf16, jnp.asarray(labels))
     assert loss.dtype == jnp.float32 and grad.dtype == jnp.bfloat16
     np.testing.assert_allclose(float(loss), ref_loss, rtol=2e-2)
+    scale = np.abs(ref_grad).max()
+    np.testing.assert_allclose(np.asarray(grad, np.float32), ref_grad, rtol=0, atol=3e-2 * scale)
 
 
 def test_anchor_cap_samples_valid_pixels_and_matches_reference_on_the_sample():
@@ -236,11 +254,20 @@ def test_sampling_is_uniform_over_valid_pixels():
     np.testing.assert_allclose(counts[np.asarray(valid[0])] / 4000, 1 / 8, atol=0.02)
 
 
-def test_jit_matches_eager():
+@pytest.mark.parametrize("implementation", IMPLEMENTATIONS)
+def test_jit_matches_eager(implementation):
     feats, labels = _case(20, 2, 2, 5, 5, 6, 3, 0.2)
-    fn = jax.jit(lambda f, y: stcl(f, y, temperature=0.05, anchor_tile=8, contrast_tile=16))
-    eager = stcl(jnp.asarray(feats), jnp.asarray(labels), temperature=0.05, anchor_tile=8, contrast_tile=16)
+    loss_fn = functools.partial(stcl, temperature=0.05, anchor_tile=8, contrast_tile=16,
+                                implementation=implementation)
+    fn = jax.jit(loss_fn)
+    eager = loss_fn(jnp.asarray(feats), jnp.asarray(labels))
     np.testing.assert_allclose(float(fn(feats, labels)), float(eager), rtol=1e-6)
+    if implementation == "rows":  # its gradient comes from the forward sweep: eager and jitted alike
+        eager_loss, eager_grad = jax.value_and_grad(loss_fn)(jnp.asarray(feats), jnp.asarray(labels))
+        jit_loss, jit_grad = jax.jit(jax.value_and_grad(loss_fn))(feats, labels)
+        np.testing.assert_allclose(float(jit_loss), float(eager_loss), rtol=1e-6)
+        np.testing.assert_allclose(np.asarray(jit_grad), np.asarray(eager_grad), rtol=1e-5,
+                                   atol=1e-6 * np.abs(np.asarray(eager_grad)).max())
 
 
 @pytest.mark.parametrize("src,dst", [((12, 12), (3, 3)), ((7, 10), (3, 4)), ((5, 9), (5, 9)), ((3, 4), (7, 9))])
@@ -267,3 +294,7 @@ def test_bad_inputs_name_the_problem():
         stcl(f, y, temperature=0.0)
     with pytest.raises(ValueError, match="integers"):
         stcl(f, y.astype(jnp.float32))
+    with pytest.raises(ValueError, match="implementation must be"):
+        stcl(f, y, implementation="flash")
+    with pytest.raises(ValueError, match="sort_by_label=True needs implementation='tiled'"):
+        stcl(f, y, sort_by_label=True)

@@ -25,6 +25,7 @@ def test_sorted_matches_reference_and_unsorted():
     labels[rng.random(labels.shape) < 0.15] = 255
     ref_loss, ref_grad = reference_stcl(feats, labels, 0.07)
     for kw in ({"sort_by_label": True}, {"sort_by_label": True, "contrast_scope": "batch"}):
+        kw = {**kw, "implementation": "tiled"}
         fn = jax.jit(jax.value_and_grad(lambda f, y, kw=kw: stcl(f, y, anchor_tile=8, contrast_tile=16, **kw)))
         loss, grad = fn(jnp.asarray(feats), jnp.asarray(labels))
         if "contrast_scope" not in kw:
@@ -40,7 +41,8 @@ def test_sorted_with_sampled_anchors_matches_unsorted():
     feats, labels = _case(31, 2, 2, 7, 7, 6, 4, 0.2)
     key = jax.random.PRNGKey(5)
     results = [jax.jit(jax.value_and_grad(lambda f, s=s: stcl(f, jnp.asarray(labels), max_anchors=20, key=key,
-                                                               anchor_tile=8, contrast_tile=16, sort_by_label=s)))(
+                                                               anchor_tile=8, contrast_tile=16, sort_by_label=s,
+                                                               implementation="tiled")))(
         jnp.asarray(feats)) for s in (False, True)]
     np.testing.assert_allclose(float(results[1][0]), float(results[0][0]), rtol=1e-6)
     grads = [np.asarray(r[1]) for r in results]  # summation order differs: float32 rounding only

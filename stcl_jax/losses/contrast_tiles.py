@@ -1,7 +1,8 @@
 """Tiled supervised pixel contrast with a custom VJP: memory linear in the number of pixels.
 
-The core of the STCL loss (`stcl.py` prepares its inputs). Per group b (a clip, or the whole batch), anchors
-z_a (M, D) and contrast pixels z_c (N, D), both L2-normalised, with s_ij = z_i . z_j / tau and
+The 5-pass core of the STCL loss for implementation="tiled" (`stcl.py` prepares its inputs; the default,
+`contrast_rows.py`, does 3 GEMM passes with O(anchor_tile x N) memory). Per group b (a clip, or the whole batch),
+anchors z_a (M, D) and contrast pixels z_c (N, D), both L2-normalised, with s_ij = z_i . z_j / tau and
 
     P_i = {j : y_j = y_i, j valid, j != self(i)},   N_i = {j : y_j != y_i, j valid},
     lN_i = log sum_{n in N_i} exp(s_in),
@@ -33,13 +34,13 @@ from jax import lax
 _F32 = jnp.float32
 
 
-def _scores(za, zc, inv_tau, precision):
+def score_block(za, zc, inv_tau, precision):
     """(B, ta, D) x (B, tc, D) -> (B, ta, tc) float32 scores s = z_a . z_c / tau."""
     s = jnp.einsum("bad,bcd->bac", za, zc, preferred_element_type=_F32, precision=precision)
     return s * inv_tau
 
 
-def _masks(la, sa, lc, jc):
+def pair_masks(la, sa, lc, jc):
     """Positive and negative masks (B, ta, tc) of one tile; `jc` are the tile's contrast indices."""
     valid = (lc >= 0)[:, None, :]
     same = la[:, :, None] == lc[:, None, :]
@@ -47,14 +48,14 @@ def _masks(la, sa, lc, jc):
     return same & valid & not_self, (~same) & valid
 
 
-def _tiles(x, n):
+def to_tiles(x, n):
     """(B, L, ...) -> (L // n, B, n, ...): the leading axis enumerates tiles, B stays whole."""
     b, length = x.shape[:2]
     return jnp.swapaxes(x.reshape((b, length // n, n) + x.shape[2:]), 0, 1)
 
 
-def _untile(x):
-    """Inverse of `_tiles`: (L // n, B, n, ...) -> (B, L, ...)."""
+def from_tiles(x):
+    """Inverse of `to_tiles`: (L // n, B, n, ...) -> (B, L, ...)."""
     x = jnp.swapaxes(x, 0, 1)
     return x.reshape((x.shape[0], x.shape[1] * x.shape[2]) + x.shape[3:])
 
@@ -63,7 +64,7 @@ def _contrast_xs(zc, lc, contrast_tile):
     """Scan inputs over contrast tiles: (features, labels, global indices)."""
     n = zc.shape[1]
     jc = jnp.arange(n, dtype=jnp.int32).reshape(n // contrast_tile, contrast_tile)
-    return _tiles(zc, contrast_tile), _tiles(lc, contrast_tile), jc
+    return to_tiles(zc, contrast_tile), to_tiles(lc, contrast_tile), jc
 
 
 def positive_spans(la, lc, anchor_tile, contrast_tile):
@@ -74,10 +75,10 @@ def positive_spans(la, lc, anchor_tile, contrast_tile):
     pixel order; narrow when the pixels of each group are sorted by label (`stcl.py`, `sort_by_label`).
     """
     big = jnp.iinfo(jnp.int32).max
-    a_lo = jnp.min(_tiles(jnp.where(la >= 0, la, big), anchor_tile), axis=-1)  # (na, B)
-    a_hi = jnp.max(_tiles(jnp.where(la >= 0, la, -1), anchor_tile), axis=-1)
-    c_lo = jnp.min(_tiles(jnp.where(lc >= 0, lc, big), contrast_tile), axis=-1)  # (nc, B)
-    c_hi = jnp.max(_tiles(jnp.where(lc >= 0, lc, -1), contrast_tile), axis=-1)
+    a_lo = jnp.min(to_tiles(jnp.where(la >= 0, la, big), anchor_tile), axis=-1)  # (na, B)
+    a_hi = jnp.max(to_tiles(jnp.where(la >= 0, la, -1), anchor_tile), axis=-1)
+    c_lo = jnp.min(to_tiles(jnp.where(lc >= 0, lc, big), contrast_tile), axis=-1)  # (nc, B)
+    c_hi = jnp.max(to_tiles(jnp.where(lc >= 0, lc, -1), contrast_tile), axis=-1)
     need = (c_lo[None] <= a_hi[:, None]) & (c_hi[None] >= a_lo[:, None])  # (na, nc, B)
     need = jnp.any(need, axis=-1)
     nc = need.shape[1]
@@ -100,8 +101,8 @@ def _anchor_stats(za_t, la_t, sa_t, span, cxs, inv_tau, precision):
     def pass1(carry, x):
         m, l, npos = carry
         zc_t, lc_t, jc_t = x
-        s = _scores(za_t, zc_t, inv_tau, precision)
-        pos, neg = _masks(la_t, sa_t, lc_t, jc_t)
+        s = score_block(za_t, zc_t, inv_tau, precision)
+        pos, neg = pair_masks(la_t, sa_t, lc_t, jc_t)
         m_new = jnp.maximum(m, jnp.max(jnp.where(neg, s, -jnp.inf), axis=-1))
         p = jnp.where(neg, jnp.exp(s - m_new[..., None]), 0.0)
         l = l * jnp.exp(m - m_new) + jnp.sum(p, axis=-1)
@@ -113,8 +114,8 @@ def _anchor_stats(za_t, la_t, sa_t, span, cxs, inv_tau, precision):
     def pass2(carry, x):
         acc, hsum = carry
         zc_t, lc_t, jc_t = x
-        s = _scores(za_t, zc_t, inv_tau, precision)
-        pos, _ = _masks(la_t, sa_t, lc_t, jc_t)
+        s = score_block(za_t, zc_t, inv_tau, precision)
+        pos, _ = pair_masks(la_t, sa_t, lc_t, jc_t)
         u = log_neg[..., None] - s
         e = jnp.exp(-jnp.abs(u))  # shared by softplus(u) and sigmoid(u); u = -inf (no negative) gives 0, 0
         softplus = jnp.maximum(u, 0.0) + jnp.log1p(e)
@@ -135,7 +136,7 @@ def _anchor_stats(za_t, la_t, sa_t, span, cxs, inv_tau, precision):
 
 def _forward(za, la, sa, zc, lc, inv_tau, anchor_tile, contrast_tile, precision, skip):
     cxs = _contrast_xs(zc, lc, contrast_tile)
-    axs = (_tiles(za, anchor_tile), _tiles(la, anchor_tile), _tiles(sa, anchor_tile))
+    axs = (to_tiles(za, anchor_tile), to_tiles(la, anchor_tile), to_tiles(sa, anchor_tile))
     if skip:
         axs = axs + (positive_spans(la, lc, anchor_tile, contrast_tile),)
 
@@ -144,7 +145,7 @@ def _forward(za, la, sa, zc, lc, inv_tau, anchor_tile, contrast_tile, precision,
         return _anchor_stats(za_t, la_t, sa_t, x[3] if skip else None, cxs, inv_tau, precision)
 
     outs = lax.map(one_anchor_tile, axs)
-    loss, npos, log_neg, h = (_untile(o) for o in outs)
+    loss, npos, log_neg, h = (from_tiles(o) for o in outs)
     return (loss, npos), (log_neg, h, npos)
 
 
@@ -179,8 +180,8 @@ def _bwd(anchor_tile, contrast_tile, precision, skip, res, cts):
 
         def step(dza, y):
             zc_t, lc_t, jc_t = y
-            s = _scores(za_t, zc_t, inv_tau, precision)
-            pos, neg = _masks(la_t, sa_t, lc_t, jc_t)
+            s = score_block(za_t, zc_t, inv_tau, precision)
+            pos, neg = pair_masks(la_t, sa_t, lc_t, jc_t)
             ln = ln_t[..., None]
             g = jnp.where(pos, -wp_t[..., None] * jax.nn.sigmoid(ln - s),
                           jnp.where(neg, wn_t[..., None] * jnp.exp(s - ln), 0.0))
@@ -192,9 +193,9 @@ def _bwd(anchor_tile, contrast_tile, precision, skip, res, cts):
         dza, dzc_tiles = lax.scan(step, jnp.zeros(za_t.shape, _F32), cxs)
         return dzc + dzc_tiles, dza  # measured on CPU: the same compiled temp as an in-place carried buffer
 
-    axs = tuple(_tiles(x, anchor_tile) for x in (za, la, sa, log_neg, w_pos, w_neg))
+    axs = tuple(to_tiles(x, anchor_tile) for x in (za, la, sa, log_neg, w_pos, w_neg))
     dzc, dza = lax.scan(one_anchor_tile, dzc0, axs)
-    return (_untile(dza).astype(za.dtype), None, None, _untile(dzc).astype(zc.dtype), None,
+    return (from_tiles(dza).astype(za.dtype), None, None, from_tiles(dzc).astype(zc.dtype), None,
             jnp.zeros_like(inv_tau))
 
 
@@ -203,8 +204,8 @@ tiled_contrast.defvjp(_fwd, _bwd)
 
 def dense_contrast(za, la, sa, zc, lc, inv_tau, precision=None):
     """The same per-anchor (loss, |P_i|) with the full (B, M, N) score matrix; plain autodiff (baseline only)."""
-    s = _scores(za, zc, inv_tau, precision)
-    pos, neg = _masks(la, sa, lc, jnp.arange(zc.shape[1], dtype=jnp.int32))
+    s = score_block(za, zc, inv_tau, precision)
+    pos, neg = pair_masks(la, sa, lc, jnp.arange(zc.shape[1], dtype=jnp.int32))
     has_neg = jnp.any(neg, axis=-1, keepdims=True)
     # Rows without negatives get a dummy finite row so that logsumexp's gradient stays finite.
     log_neg = jax.nn.logsumexp(jnp.where(has_neg, jnp.where(neg, s, -jnp.inf), 0.0), axis=-1, keepdims=True)

@@ -7,8 +7,13 @@ Positives P_i share i's label, negatives N_i have another one; with s = cosine /
     L(i) = 1/|P_i| sum_{p in P_i} -log( exp(s_ip) / (exp(s_ip) + sum_{n in N_i} exp(s_in)) ),
 
 anchors without a positive are left out, and the loss is the mean of L(i) over the kept anchors of the whole
-batch (0 when none is kept; the gradient is then 0 too). The exact computation is tiled (`contrast_tiles.py`):
-no (pixels x pixels) array exists in the forward or the backward pass.
+batch (0 when none is kept; the gradient is then 0 too). Three exact implementations (`implementation=`):
+  "rows" (default, `contrast_rows.py`): per anchor tile the full score rows (B, ta, N) in float32, the loss and
+      its gradient in one forward sweep: 3 GEMM passes, memory O(ta x N) per group;
+  "tiled" (`contrast_tiles.py`): (B, ta, tc) score blocks only and a custom backward sweep: 5 GEMM passes,
+      memory O(ta x tc), and `sort_by_label` can skip positive-pass tiles;
+  "dense": the full (M, N) score matrix and plain autodiff (a baseline; quadratic memory).
+`stcl_flops` gives their GEMM FLOPs (XLA's cost analysis counts a scan body once).
 
 Label rule (`downsample_labels`): output pixel (y, x) of an (h, w) map taken from an (H, W) map is input pixel
 (floor((y + 1/2) H / h), floor((x + 1/2) W / w)), computed in exact integer arithmetic: the pixel under the
@@ -22,9 +27,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from stcl_jax.losses.contrast_rows import default_anchor_tile, rows_contrast
 from stcl_jax.losses.contrast_tiles import dense_contrast, tiled_contrast
 
 _SCOPES = ("clip", "batch")
+# GEMM-sized passes of 2 x M x N x D FLOPs per group, forward + backward.
+_PASSES = {"rows": 3, "tiled": 5, "dense": 3}
 
 
 def downsample_labels(labels, size, ignore_index=255):
@@ -42,6 +50,21 @@ def downsample_labels(labels, size, ignore_index=255):
     rows = ((2 * np.arange(h) + 1) * big_h) // (2 * h)
     cols = ((2 * np.arange(w) + 1) * big_w) // (2 * w)
     return labels[..., rows[:, None], cols[None, :]]
+
+
+def stcl_flops(implementation, groups, anchors, contrast, dim, positive_fraction=1.0):
+    """Analytic FLOPs of the loss forward + backward: passes x 2 x M x N x D per group (the GEMMs only).
+
+    groups, anchors M, contrast N per group: with B clips of T frames of h x w (after `pool`) and A anchors per
+    clip (h x w, or max_anchors), contrast_scope "clip" is (B, A, T h w) and "batch" (1, B A, B T h w).
+    Passes: "rows" 3 (scores, dz_anchor, dz_contrast), "tiled" 4 + positive_fraction (negatives, positives on
+    that fraction of tiles, 1 unless sort_by_label; backward scores, dz_anchor, dz_contrast), "dense" 3 (scores
+    and the two products of autodiff). Padding of the anchors to the tile size is not counted.
+    """
+    if implementation not in _PASSES:
+        raise ValueError(f"stcl_flops: implementation must be one of {tuple(_PASSES)}, got {implementation!r}")
+    passes = 4 + float(positive_fraction) if implementation == "tiled" else _PASSES[implementation]
+    return passes * 2.0 * groups * anchors * contrast * dim
 
 
 def _check_inputs(features, labels, temperature, contrast_scope, pool, max_anchors, key, tiles):
@@ -62,7 +85,7 @@ def _check_inputs(features, labels, temperature, contrast_scope, pool, max_ancho
     if max_anchors and (int(max_anchors) < 1 or key is None):
         raise ValueError(f"STCL: max_anchors={max_anchors} needs a positive value and a PRNG key (key={key})")
     for name, value in tiles.items():
-        if int(value) < 1:
+        if value is not None and int(value) < 1:
             raise ValueError(f"STCL: {name} must be a positive integer, got {value}")
 
 
@@ -131,8 +154,8 @@ def _sort_by_label(za, la, sa, zc, lc):
 
 def spatial_temporal_consistency_loss(features, labels, *, temperature=0.07, ignore_index=255,
                                       contrast_scope="clip", pool=1, max_anchors=None, key=None,
-                                      anchor_tile=1024, contrast_tile=2048, precision=None,
-                                      sort_by_label=False, implementation="tiled"):
+                                      anchor_tile=None, contrast_tile=2048, precision=None,
+                                      sort_by_label=False, implementation="rows"):
     """STCL loss (module doc) of `features` (B, T, h, w, D) with `labels` (B, T, h, w) -> scalar float32.
 
     Args:
@@ -145,19 +168,24 @@ def spatial_temporal_consistency_loss(features, labels, *, temperature=0.07, ign
         centres (`downsample_labels`); must divide h and w.
       max_anchors: keep at most this many random valid query pixels per clip as anchors (needs `key`);
         None or 0 = every valid query pixel.
-      anchor_tile, contrast_tile: the largest tile sizes of the (B, anchor_tile, contrast_tile) score blocks;
-        the sizes used are balanced to pad the least (`balanced_tile`). The result does not depend on them
-        beyond float rounding.
+      anchor_tile: the largest anchor tile; the size used is balanced to pad the least (`balanced_tile`).
+        None: "rows" takes `contrast_rows.default_anchor_tile` (<= 1024, its float32 (groups, ta, N) score
+        block S within 1 GiB: 288 MiB at B=4, N=18,432; 1 GiB at N=73,728), "tiled" 1024.
+      contrast_tile: the largest contrast tile of "tiled" (its score blocks are (B, anchor_tile, contrast_tile));
+        "rows" and "dense" do not tile the contrast set. No result depends on the tiles beyond float rounding.
       precision: `jax.lax.Precision` of the einsums (None = backend default; on GPU fp32 may then use TF32).
-      sort_by_label: sort each group's pixels by label so that the positive pass skips the tiles without a
-        same-label pair (same result; fewer einsum tiles, see BENCHMARKS.md for what it saves).
-      implementation: "tiled" (default) or "dense" (materialises the full score matrix; a baseline for benches).
+      sort_by_label: "tiled" only: sort each group's pixels by label so that the positive pass skips the tiles
+        without a same-label pair (same result; fewer einsum tiles, see BENCHMARKS.md for what it saves).
+      implementation: "rows" (default, 3 GEMM passes), "tiled" (5 passes, the smallest memory) or "dense"
+        (materialises the full score matrix; a baseline for benches); see the module doc.
     Features may be float32 or bfloat16 (bf16 einsums with float32 accumulation); the result is float32.
     """
     _check_inputs(features, labels, temperature, contrast_scope, pool, max_anchors, key,
                   {"anchor_tile": anchor_tile, "contrast_tile": contrast_tile})
-    if implementation not in ("tiled", "dense"):
-        raise ValueError(f"STCL: implementation must be 'tiled' or 'dense', got {implementation!r}")
+    if implementation not in _PASSES:
+        raise ValueError(f"STCL: implementation must be one of {tuple(_PASSES)}, got {implementation!r}")
+    if sort_by_label and implementation != "tiled":
+        raise ValueError(f"STCL: sort_by_label=True needs implementation='tiled', got {implementation!r}")
     pool = int(pool)
     z = _normalise(features, pool)
     if pool > 1:
@@ -176,13 +204,19 @@ def spatial_temporal_consistency_loss(features, labels, *, temperature=0.07, ign
         zc, lc = zc.reshape(1, -1, d), lc.reshape(1, -1)
 
     inv_tau = 1.0 / jnp.asarray(temperature, jnp.float32)
+    m, n = la.shape[1], lc.shape[1]
+    if implementation == "rows":
+        cap = default_anchor_tile(la.shape[0], n) if anchor_tile is None else int(anchor_tile)
+        ta = balanced_tile(m, cap)
+        return rows_contrast(_pad_to(za, ta, 0), _pad_to(la, ta, -1), _pad_to(sa, ta, -1), zc, lc, inv_tau, ta,
+                             precision)
     if implementation == "dense":
         per_anchor, npos = dense_contrast(za, la, sa, zc, lc, inv_tau, precision)
     else:
         if sort_by_label:
             za, la, sa, zc, lc = _sort_by_label(za, la, sa, zc, lc)
-        m, n = la.shape[1], lc.shape[1]
-        ta, tc = balanced_tile(m, int(anchor_tile)), balanced_tile(n, int(contrast_tile))
+        ta = balanced_tile(m, 1024 if anchor_tile is None else int(anchor_tile))
+        tc = balanced_tile(n, int(contrast_tile))
         per_anchor, npos = tiled_contrast(_pad_to(za, ta, 0), _pad_to(la, ta, -1), _pad_to(sa, ta, -1),
                                           _pad_to(zc, tc, 0), _pad_to(lc, tc, -1), inv_tau, ta, tc, precision,
                                           bool(sort_by_label))

@@ -58,7 +58,8 @@ def make_train_step(model, tx, schedule, config):
             max_anchors = lc.stcl_max_anchors or None
             terms["stcl"] = losses.spatial_temporal_consistency_loss(
                 emb, small, temperature=lc.temperature, ignore_index=ignore, contrast_scope=lc.contrast_scope,
-                pool=lc.stcl_pool, max_anchors=max_anchors, key=k_anchors if max_anchors else None)
+                pool=lc.stcl_pool, max_anchors=max_anchors, key=k_anchors if max_anchors else None,
+                implementation=lc.stcl_implementation)
             total = total + lc.stcl_weight * terms["stcl"]
         return total, (terms, updates.get("batch_stats", batch_stats))
 

@@ -9,7 +9,9 @@ numbers. Tables 1 and 2 are the baselines before STCL (`loss.stcl_weight = 0`); 
 in table 3, whose rows fine-tune the table-2 COCO pre-training. Rows that share a recipe share a variant
 (`table2_swin_l` is `table1_swin_l`, `table3_baseline` is `table2_coco_pre`). Append ",runlocal" for the tiny
 variant (a micro model of the same encoder; VSPW-only rows generate synthetic data when no data.dir is given).
-Table 1's CSwin-L row has no variant: there is no CSwin encoder here.
+Without a variant (`configs/paper.py`, `configs/paper.py:runlocal`) it is `table3_stcl_512_t007`, the recipe of
+the paper's best single model before pseudo-labels. Table 1's CSwin-L row has no variant: there is no CSwin
+encoder here.
 """
 
 import os
@@ -66,8 +68,13 @@ VARIANTS = {
 }
 
 
+DEFAULT = "table3_stcl_512_t007"  # `configs/paper.py` / `configs/paper.py:runlocal`: the best single-model recipe
+
+
 def get_config(arg=None):
     name, _, variant = (arg or "").partition(",")
+    if name in ("", "runlocal"):
+        name, variant = DEFAULT, name
     if name not in VARIANTS:
         raise ValueError(f"configs/paper.py:{arg}: unknown variant {name!r}; variants: {', '.join(VARIANTS)} "
                          "(append ',runlocal' for the tiny one)")

@@ -49,6 +49,8 @@ def test_recipes_per_table():
         assert c.model.backbone == backbone and c.optim.name == "sgd"
     with pytest.raises(ValueError, match="unknown variant 'table9'"):
         paper.get_config("table9")
+    assert paper.get_config() == paper.get_config(paper.DEFAULT)
+    assert paper.get_config("runlocal") == paper.get_config(f"{paper.DEFAULT},runlocal")
 
 
 @pytest.mark.parametrize("module,backbone,depths", [(resnet50, "resnet50", (3, 4, 6, 3)),

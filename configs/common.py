@@ -5,8 +5,8 @@ Every config file (`swin_t.py` ... `swin_l.py`, `demo.py`) builds on `base_confi
 `--config.stcl.temperture=...` fails instead of being ignored.
 
 Recipe (He et al. 2021, Sec. 4.2, and mmseg's UperNet-Swin schedule it was trained with): AdamW, lr 7e-5,
-betas (0.9, 0.999), weight decay 0.01 with no decay on norms, biases, relative-position tables and position
-embeddings; linear warmup for 1,500 iterations then poly decay (power 1.0, mmseg `PolyLrUpdaterHook`); 20K
+betas (0.9, 0.999), weight decay 0.01 with no decay on norms, relative-position tables and position embeddings
+(mmseg's paramwise_cfg: biases and head BatchNorms decay); linear warmup for 1,500 iterations then poly decay (power 1.0, mmseg `PolyLrUpdaterHook`); 20K
 iterations; global batch 16 clips; random resize 0.5-2.0, crop 768x768, horizontal flip; drop path 0.3; loss
 1.0 CE + 0.4 auxiliary CE + 0.2 STCL with tau 0.07 and a 512-d projection; a query frame + 1 reference frame.
 
@@ -90,14 +90,18 @@ def base_config() -> ml_collections.ConfigDict:
     c.data.mixture = ml_collections.ConfigDict()
 
     c.optim = ml_collections.ConfigDict()
+    c.optim.name = "adamw"            # "adamw" (Swin recipe) or "sgd" (the CNN recipe: configs/resnet50.py)
+    c.optim.momentum = 0.9            # SGD only
     c.optim.learning_rate = 7e-5
     c.optim.b1 = 0.9
     c.optim.b2 = 0.999
     c.optim.eps = 1e-8
     c.optim.weight_decay = 0.01
-    # Parameters whose path matches one of these regexes get no weight decay; so do all 1-d leaves and leaves
-    # named "bias" or "scale" (norms, biases).
-    c.optim.no_decay_patterns = ("relative_position_bias_table", "pos_embed", "position_embedding")
+    # Parameters whose path matches one of these regexes get no weight decay: mmseg's Swin `paramwise_cfg`
+    # (custom_keys norm / relative_position_bias_table / absolute_pos_embed, decay_mult 0): biases and the heads'
+    # BatchNorms ("bn") decay. decay_exempt="norms_and_biases" also exempts every 1-d leaf, "bias" and "scale".
+    c.optim.no_decay_patterns = ("norm", "relative_position_bias_table", "absolute_pos_embed")
+    c.optim.decay_exempt = "mmseg"
     c.optim.warmup_steps = 1_500
     c.optim.warmup_ratio = 1e-6       # mmseg: lr starts at warmup_ratio * poly lr
     c.optim.poly_power = 1.0
@@ -148,7 +152,8 @@ def runlocal(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     c.eval.max_videos = 2
     from stcl_jax.models import model_config
 
-    c.model = model_config("micro", window_size=4, num_classes=c.model.num_classes if "model" in c else 124)
+    c.model = model_config("micro", window_size=4, num_classes=c.model.num_classes if "model" in c else 124,
+                           backbone=c.model.backbone if "model" in c else "swin")
     return c
 
 
@@ -183,3 +188,31 @@ def model(size: str, **kwargs) -> ml_collections.ConfigDict:
     m.projection.dim = 512
     m.dtype = "bfloat16"
     return m
+
+
+def cnn_config(backbone: str) -> ml_collections.ConfigDict:
+    """UperNet + a CNN encoder ("resnet50" | "resnest101") with the paper's CNN recipe (Sec. 3.2), unlocked.
+
+    SGD, lr 0.01, momentum 0.9, weight decay 1e-4 on every parameter (mmseg's CNN configs have no paramwise
+    exemptions), no warmup, poly decay with mmseg's `schedule_20k` (power 0.9, min_lr 1e-4); ImageNet-1K weights
+    via `config.init_from` (python -m stcl_jax.convert --from timm-resnet|mmseg-resnet ...). Everything else
+    (data, 20K iterations, batch 16, losses) is the shared recipe above.
+    """
+    c = base_config()
+    c.optim.name = "sgd"
+    c.optim.learning_rate = 0.01
+    c.optim.momentum = 0.9
+    c.optim.weight_decay = 1e-4
+    c.optim.no_decay_patterns = ()
+    c.optim.decay_exempt = "mmseg"
+    c.optim.warmup_steps = 0
+    c.optim.poly_power = 0.9
+    c.optim.min_lr = 1e-4
+    c.model = model(backbone)
+    return c
+
+
+def synthetic_runlocal(c: ml_collections.ConfigDict, arg) -> None:
+    """`:runlocal` of a config without data: generate a tiny synthetic VSPW in the workdir (as configs/demo.py)."""
+    if arg == "runlocal" and not c.data.dir:
+        c.synthetic = ml_collections.ConfigDict(dict(videos=4, frames=4, size=(64, 96), seed=0))

@@ -115,6 +115,8 @@ def hf_upernet_config(model_cfg):
     """The `transformers.UperNetConfig` (Swin backbone) with the architecture of `model_cfg`."""
     import transformers
 
+    if model_cfg.get("backbone", "swin") != "swin":
+        raise ValueError(f"model backbone={model_cfg.backbone!r}: the HF UperNet export writes a Swin backbone only")
     if model_cfg.aux.in_index != 2:
         raise ValueError(f"model aux.in_index={model_cfg.aux.in_index}: HF UperNet's auxiliary head reads stage 3 "
                          "(index 2) only, so this model has no HF equivalent")

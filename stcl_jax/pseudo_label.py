@@ -7,7 +7,7 @@
 Teacher: each CKPT is a params-only export (`stcl_jax.export`: model_config.json + Orbax params) or a training
 workdir (its newest checkpoint). The teacher's probability is the mean softmax over its members and, for each,
 over the TTA views (`stcl_jax.evaluation.inference.ensemble_probs`, the evaluation code). Hard labels: a pixel
-gets the top class when its top probability is >= `threshold` (the paper uses 0.5), else void (255).
+gets the top class when its top probability exceeds `threshold` (strictly: > 0.5 in the paper), else void (255).
 
 Output (OUT):
   layout/data/<video>/origin/<frame>.jpg   the frame's JPEG bytes from the build, unchanged
@@ -45,13 +45,13 @@ log = logging.getLogger("stcl_jax.pseudo_label")
 
 # ---------------------------------------------------------------------------------------------------- teacher --
 def threshold_labels(probs: jax.Array, threshold: float, ignore_index: int = vspw.IGNORE_INDEX):
-    """The thresholding rule: argmax class where max prob >= threshold, else `ignore_index`.
+    """The thresholding rule: argmax class where max prob > threshold (the paper: "exceed"), else `ignore_index`.
 
     probs (..., C) -> (labels uint8 (...), predicted (C,) int32 pixels per argmax class,
     kept (C,) int32 pixels per class that passed the threshold)."""
     top = jnp.max(probs, axis=-1)
     cls = jnp.argmax(probs, axis=-1).astype(jnp.int32)
-    keep = top >= threshold
+    keep = top > threshold
     c = probs.shape[-1]
     predicted = jnp.zeros((c,), jnp.int32).at[cls.ravel()].add(1)
     kept = jnp.zeros((c,), jnp.int32).at[cls.ravel()].add(keep.ravel().astype(jnp.int32))

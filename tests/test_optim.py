@@ -73,7 +73,7 @@ def test_adamw_matches_torch():
     cfg.optim.weight_decay = 0.5      # large, so that a wrong mask shows
     tx, sched = optim.make_optimizer(cfg)
     params = _tree()
-    mask = optim.decay_mask(params, cfg.optim.no_decay_patterns)
+    mask = optim.decay_mask(params, cfg.optim.no_decay_patterns, cfg.optim.decay_exempt)
     leaves, treedef = jax.tree_util.tree_flatten(params)
     mask_leaves = jax.tree_util.tree_leaves(mask)
     tparams = [torch.tensor(np.asarray(x), dtype=torch.float64, requires_grad=True) for x in leaves]

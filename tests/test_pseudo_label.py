@@ -22,13 +22,15 @@ NUM_CLASSES = 5
 def test_threshold_rule_matches_numpy():
     rng = np.random.default_rng(0)
     probs = rng.dirichlet(np.full(NUM_CLASSES, 0.7), size=(3, 7, 9)).astype(np.float32)
-    probs[0, 0, 0] = [0.5, 0.2, 0.1, 0.1, 0.1]  # exactly at the threshold: kept
+    probs[0, 0, 0] = [0.5, 0.2, 0.1, 0.1, 0.1]  # exactly at the threshold: void (the paper's "exceed")
+    probs[0, 0, 1] = [0.1, 0.5000001, 0.2, 0.1, 0.0999999]  # just above it (0.5 + 1 ulp at float32): kept
+    assert probs[0, 0, 0, 0] == np.float32(0.5) and probs[0, 0, 1, 1] > np.float32(0.5)
     labels, predicted, kept = (np.asarray(x) for x in pl.threshold_labels(probs, 0.5))
     top, cls = probs.max(-1), probs.argmax(-1)
-    np.testing.assert_array_equal(labels, np.where(top >= 0.5, cls, 255))
-    assert labels[0, 0, 0] == 0
+    np.testing.assert_array_equal(labels, np.where(top > 0.5, cls, 255))
+    assert labels[0, 0, 0] == 255 and labels[0, 0, 1] == 1
     np.testing.assert_array_equal(predicted, np.bincount(cls.ravel(), minlength=NUM_CLASSES))
-    np.testing.assert_array_equal(kept, np.bincount(cls[top >= 0.5], minlength=NUM_CLASSES))
+    np.testing.assert_array_equal(kept, np.bincount(cls[top > 0.5], minlength=NUM_CLASSES))
 
 
 @pytest.fixture(scope="module")
@@ -97,7 +99,7 @@ def test_pseudo_labels_follow_the_rule_and_resume(dataset, tmp_path):
     ref = _reference_probs(members, frames)
     top, cls = ref.max(-1), ref.argmax(-1)
     threshold = _safe_threshold(top)
-    expected = np.where(top >= threshold, cls, 255)
+    expected = np.where(top > threshold, cls, 255)
     assert 0.2 < (expected != 255).mean() < 0.8  # both branches of the rule are exercised
 
     out = str(tmp_path / "out")
@@ -112,13 +114,13 @@ def test_pseudo_labels_follow_the_rule_and_resume(dataset, tmp_path):
         assert open(os.path.join(frame_dir, "origin", f"{name}.jpg"), "rb").read() == bytes(r["image"])
         stats = pl._done_frames(os.path.join(out, "stats", f"{video}.jsonl"))[name]
         np.testing.assert_array_equal(stats["predicted"], np.bincount(c.ravel(), minlength=NUM_CLASSES))
-        np.testing.assert_array_equal(stats["kept"], np.bincount(c[t >= threshold], minlength=NUM_CLASSES))
+        np.testing.assert_array_equal(stats["kept"], np.bincount(c[t > threshold], minlength=NUM_CLASSES))
 
     report = json.loads(open(os.path.join(out, "report.json")).read())
     assert report["frames"] == 6 and report["videos"] == 2
     for row in report["per_class"]:
         assert row["predicted_pixels"] == int((cls == row["id"]).sum())
-        assert row["kept_pixels"] == int(((cls == row["id"]) & (top >= threshold)).sum())
+        assert row["kept_pixels"] == int(((cls == row["id"]) & (top > threshold)).sum())
     assert report["kept_fraction"] == pytest.approx((expected != 255).mean(), abs=1e-12)
     assert "| id | class | predicted px | kept px | kept |" in open(os.path.join(out, "report.md")).read()
 

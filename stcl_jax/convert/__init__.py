@@ -10,6 +10,9 @@ and `from_swin_official` are backbone-only: they return `{"params": {"backbone":
 norms `norm0..3`, absent from classification checkpoints, set to the LayerNorm init) and a model config whose
 `swin` group matches the checkpoint; merge them into a segmenter (training's `init_from` does).
 
+ResNet-50 / ResNeSt-101 (timm, mmseg): `from_timm_resnet`, `from_mmseg_resnet`, `from_mmseg_upernet_resnet`
+(stcl_jax/convert/cnn.py); those backbone-only imports keep the BatchNorm running statistics.
+
 Every import logs its report: keys loaded, missing (and how filled), unused, ignored derived buffers, and the
 relative-position tables interpolated when `window_size` differs from the checkpoint's (bicubic, as mmseg).
 """
@@ -194,7 +197,7 @@ def _flat(tree: dict, prefix: str = "") -> dict[str, Any]:
     return out
 
 
-def _complete(out: dict, cfg, source: str, report: ConversionReport) -> dict:
+def _complete(out: dict, cfg, source: str, report: ConversionReport, full: bool | None = None) -> dict:
     """Checks shapes against the model, fills what checkpoints of this kind never hold, reports the rest."""
     import jax
     import jax.numpy as jnp
@@ -204,7 +207,7 @@ def _complete(out: dict, cfg, source: str, report: ConversionReport) -> dict:
     model = build_segmenter(cfg)
     rngs = {n: jax.random.key(0) for n in ("params", "dropout", "drop_path")}
     abstract = jax.eval_shape(model.init, rngs, jnp.zeros((1, 64, 64, 3), jnp.float32))
-    full = mapping.SOURCES[source][2]
+    full = mapping.SOURCES[source][2] if full is None else full
     missing = []
     for collection in ("params", "batch_stats"):
         expected = _flat(abstract[collection])
@@ -240,12 +243,13 @@ def _fresh_init(model, cfg, paths: list[str]) -> dict:
     import jax
     import jax.numpy as jnp
 
+    from stcl_jax.models.config import stage_channels
     from stcl_jax.models.heads import ProjectionHead
 
     rngs = {n: jax.random.key(0) for n in ("params", "dropout", "drop_path")}
     if all(p.startswith("projection_head/") or p.startswith("backbone/norm") for p in paths):
         feature = cfg.projection.feature
-        width = cfg.decoder.channels if feature == "fused" else cfg.swin.embed_dim * 2 ** (int(feature[-1]) - 1)
+        width = cfg.decoder.channels if feature == "fused" else stage_channels(cfg)[int(feature[-1]) - 1]
         head = ProjectionHead(cfg.projection.dim).init(rngs, jnp.zeros((1, 1, 1, width), jnp.float32))
         return {c: {"projection_head": v} for c, v in head.items()}
     return jax.jit(model.init)(rngs, jnp.zeros((1, 64, 64, 3), jnp.float32))
@@ -290,5 +294,7 @@ def from_swin_official(path_or_state_dict, *, window_size=None, return_report=Fa
     return _from("swin-official", path_or_state_dict, window_size, None, return_report)
 
 
-__all__ = ["SOURCES", "ConversionReport", "convert_state_dict", "from_hf_upernet", "from_mmseg_upernet",
+from stcl_jax.convert.cnn import from_mmseg_resnet, from_mmseg_upernet_resnet, from_timm_resnet  # noqa: E402
+
+__all__ = ["SOURCES", "ConversionReport", "from_timm_resnet", "from_mmseg_resnet", "from_mmseg_upernet_resnet", "convert_state_dict", "from_hf_upernet", "from_mmseg_upernet",
            "from_hf_swin", "from_timm_swin", "from_swin_official", "load_state_dict"]

@@ -3,6 +3,7 @@ r"""CLI: convert a PyTorch checkpoint into a params-only stcl_jax model director
     python -m stcl_jax.convert --from hf-upernet --input upernet-swin-large/ --output /ckpt/upernet_swin_l
     python -m stcl_jax.convert --from swin-official --input swin_large_patch4_window12_384_22k.pth \
         --output /ckpt/swin_l_22k --window-size 12
+    python -m stcl_jax.convert --from timm-resnet --input resnest101e.pth --output /ckpt/resnest101_in1k
 
 The output directory is what training's `config.init_from` reads (stcl_jax.models.io.load_variables).
 Backbone-only sources write only `params/backbone`; training initialises the rest and reports it.
@@ -15,13 +16,14 @@ import logging
 import sys
 
 from stcl_jax import convert
+from stcl_jax.convert import cnn
 from stcl_jax.models.io import save_variables
 
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m stcl_jax.convert", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--from", dest="source", required=True, choices=convert.SOURCES,
+    parser.add_argument("--from", dest="source", required=True, choices=(*convert.SOURCES, *cnn.SOURCES),
                         help="checkpoint format")
     parser.add_argument("--input", required=True, help="a .pth/.bin/.safetensors file or a save_pretrained folder")
     parser.add_argument("--output", required=True, help="output directory (created; its contents replaced)")
@@ -34,10 +36,15 @@ def main(argv=None) -> int:
 
     try:
         state_dict, hf_config = convert.load_state_dict(args.input)
-        full = convert.mapping.SOURCES[args.source][2]
-        variables, cfg, report = convert.convert_state_dict(
-            state_dict, args.source, window_size=args.window_size,
-            num_classes=args.num_classes if full else None, hf_config=hf_config)
+        if args.source in cnn.SOURCES:
+            full = cnn.SOURCES[args.source][2]
+            variables, cfg, report = cnn.convert_state_dict(state_dict, args.source,
+                                                            num_classes=args.num_classes if full else None)
+        else:
+            full = convert.mapping.SOURCES[args.source][2]
+            variables, cfg, report = convert.convert_state_dict(
+                state_dict, args.source, window_size=args.window_size,
+                num_classes=args.num_classes if full else None, hf_config=hf_config)
         if not full and args.num_classes:
             cfg.num_classes = args.num_classes
     except (ValueError, FileNotFoundError, ImportError) as e:
@@ -45,7 +52,8 @@ def main(argv=None) -> int:
         return 1
     save_variables(args.output, variables, cfg)
     print(report)
-    print(f"wrote {args.output} (size {cfg.size}, window {cfg.swin.window_size}, {cfg.num_classes} classes)")
+    encoder = f"window {cfg.swin.window_size}" if cfg.backbone == "swin" else f"{cfg.backbone} {cfg.cnn.depths}"
+    print(f"wrote {args.output} (size {cfg.size}, {encoder}, {cfg.num_classes} classes)")
     return 0
 
 

@@ -1,9 +1,16 @@
 """Model configuration: `model_config(size, **overrides)` -> locked `ml_collections.ConfigDict`.
 
 Sizes follow the Swin paper / mmsegmentation `upernet_swin_*` configs; "micro" is a tiny variant that inits and
-applies on one CPU in seconds (tests, `runlocal` configs). Fields (all documented in docs/design.md):
+applies on one CPU in seconds (tests, `runlocal` configs). The sizes "resnet50" and "resnest101" select those CNN
+encoders (mmseg's `ResNetV1c` and `ResNeSt`, stcl_jax.models.backbones); `model_config("micro",
+backbone="resnet50")` is a tiny one. Fields (all documented in docs/design.md):
 
+  backbone                                       "swin" | "resnet50" | "resnest101": the encoder
   swin.{embed_dim, depths, num_heads, window_size, patch_size, mlp_ratio, qkv_bias, drop_path_rate}
+  cnn.{depths, stem_width, width, radix, avg_down}  CNN encoder: blocks per stage, deep-stem width (its last conv
+                                                 has twice that), stage-1 bottleneck width (stage i: width * 2**i,
+                                                 outputs 4x), split-attention radix (0 = plain ResNet bottleneck),
+                                                 average-pool shortcuts; read only when backbone is a CNN
   decoder.{channels, pool_scales, dropout}      UperNet head (mmseg UPerHead)
   aux.{channels, in_index, num_convs, dropout}  FCN auxiliary head on a backbone stage
   projection.{dim, feature, stride}             STCL projection head (default: encoder stage 2, stride 8);
@@ -26,6 +33,14 @@ SIZES: dict[str, tuple[int, tuple[int, ...], tuple[int, ...]]] = {
     "large": (192, (2, 2, 18, 2), (6, 12, 24, 48)),
 }
 _ALIASES = {"t": "tiny", "s": "small", "b": "base", "l": "large"}
+
+# CNN encoders (mmseg layouts): depths, stem width, stage-1 width, radix, avg_down.
+CNN_BACKBONES: dict[str, dict[str, Any]] = {
+    "resnet50": dict(depths=(3, 4, 6, 3), stem_width=32, width=64, radix=0, avg_down=False),
+    "resnest101": dict(depths=(3, 4, 23, 3), stem_width=64, width=64, radix=2, avg_down=True),
+}
+CNN_MICRO = dict(depths=(1, 1, 1, 1), stem_width=8, width=8)
+BACKBONES = ("swin", *CNN_BACKBONES)
 
 # Feature maps the projection head may read and their stride w.r.t. the input (patch size 4).
 PROJECTION_FEATURES = ("fused", "stage1", "stage2", "stage3", "stage4")
@@ -65,27 +80,52 @@ def projection_stride(feature: str, patch_size: int = 4) -> int:
     raise ValueError(f"projection.feature={feature!r}: expected one of {PROJECTION_FEATURES}")
 
 
-def model_config(size: str = "tiny", *, num_classes: int = 124, window_size: int = 7, **overrides: Any):
-    """Returns the locked model ConfigDict for Swin-{size} + UperNet + aux FCN + STCL projection head.
+def stage_channels(cfg) -> tuple[int, ...]:
+    """Channels of the four encoder stage outputs of a model config."""
+    if cfg.backbone == "swin":
+        return tuple(cfg.swin.embed_dim * 2 ** i for i in range(4))
+    return tuple(4 * cfg.cnn.width * 2 ** i for i in range(4))
+
+
+def encoder_patch_size(cfg) -> int:
+    """Stride of the first encoder stage (Swin: its patch size; the CNNs' stems: 4)."""
+    return cfg.swin.patch_size if cfg.backbone == "swin" else 4
+
+
+def model_config(size: str = "tiny", *, num_classes: int = 124, window_size: int = 7, backbone: str | None = None,
+                 **overrides: Any):
+    """Returns the locked model ConfigDict for Swin-{size} (or a CNN) + UperNet + aux FCN + STCL projection head.
+
+    `size` is a Swin size, "micro", or a CNN backbone name ("resnet50", "resnest101", which sets `backbone`);
+    `backbone` picks the encoder ("micro" with a CNN backbone gives a tiny CNN).
 
     `overrides` take the shortcut names above (`drop_path_rate=0.2`, `projection_dim=256`), any top-level field
     (`dtype="bfloat16"`, `remat=True`) or a dotted path passed through a dict (`**{"decoder.channels": 256}`).
     An unknown name raises a ValueError naming it.
     """
     key = _ALIASES.get(size.lower(), size.lower())
-    if key not in SIZES and key != "custom":
-        raise ValueError(f"model size {size!r} unknown: expected one of {sorted(SIZES)}, t/s/b/l, or 'custom' "
-                         "(tiny numbers, meant to be overridden, e.g. by weight import)")
+    backbone = backbone or (key if key in CNN_BACKBONES else "swin")
+    if backbone not in BACKBONES:
+        raise ValueError(f"backbone={backbone!r} unknown: expected one of {BACKBONES}")
+    if key in CNN_BACKBONES and key != backbone:
+        raise ValueError(f"model size {size!r} is a CNN backbone but backbone={backbone!r}")
+    if key not in SIZES and key != "custom" and key not in CNN_BACKBONES:
+        raise ValueError(f"model size {size!r} unknown: expected one of {sorted(SIZES)}, t/s/b/l, "
+                         f"{sorted(CNN_BACKBONES)}, or 'custom' (tiny numbers, meant to be overridden, e.g. by "
+                         "weight import)")
     embed_dim, depths, num_heads = SIZES.get(key, SIZES["tiny"])
     micro = key == "micro"
     cfg = ml_collections.ConfigDict()
     cfg.size = key
+    cfg.backbone = backbone
     cfg.num_classes = num_classes
     cfg.dtype = "float32"
     cfg.remat = False
     cfg.swin = ml_collections.ConfigDict(dict(
         embed_dim=embed_dim, depths=depths, num_heads=num_heads, window_size=window_size, patch_size=4,
         mlp_ratio=4.0, qkv_bias=True, drop_path_rate=0.1 if micro else 0.3))
+    cnn = dict(CNN_BACKBONES.get(backbone, CNN_BACKBONES["resnet50"]))
+    cfg.cnn = ml_collections.ConfigDict({**cnn, **(CNN_MICRO if micro else {})})
     cfg.decoder = ml_collections.ConfigDict(dict(
         channels=32 if micro else 512, pool_scales=(1, 2, 3, 6), dropout=0.1))
     cfg.aux = ml_collections.ConfigDict(dict(channels=16 if micro else 256, in_index=2, num_convs=1, dropout=0.1))
@@ -103,7 +143,7 @@ def model_config(size: str = "tiny", *, num_classes: int = 124, window_size: int
         if leaf not in target:
             raise ValueError(f"model_config: unknown override {name!r}; fields are {sorted(_flat_keys(cfg))}")
         target[leaf] = tuple(value) if isinstance(value, list) else value
-    cfg.projection.stride = projection_stride(cfg.projection.feature, cfg.swin.patch_size)
+    cfg.projection.stride = projection_stride(cfg.projection.feature, encoder_patch_size(cfg))
     validate(cfg)
     cfg.lock()
     return cfg
@@ -113,6 +153,7 @@ def config_from_dict(d: dict):
     """Rebuilds a locked model ConfigDict from `cfg.to_dict()` / its JSON (lists become tuples again)."""
     d = dict(d)
     size = d.pop("size", "tiny")
+    backbone = d.pop("backbone", "swin")
     flat = {}
     for group, value in d.items():
         if isinstance(value, dict):
@@ -120,7 +161,7 @@ def config_from_dict(d: dict):
         else:
             flat[group] = value
     stride = flat.pop("projection.stride", None)
-    cfg = model_config(size, **flat)
+    cfg = model_config(size, backbone=backbone, **flat)
     if stride is not None and stride != cfg.projection.stride:
         raise ValueError(f"projection.stride={stride} does not match projection.feature="
                          f"{cfg.projection.feature!r} (stride {cfg.projection.stride})")
@@ -137,6 +178,10 @@ def _flat_keys(cfg, prefix=""):
 
 def validate(cfg) -> None:
     """Checks the consistency of a model config; raises ValueError naming the offending field."""
+    if cfg.backbone not in BACKBONES:
+        raise ValueError(f"backbone={cfg.backbone!r} unknown: expected one of {BACKBONES}")
+    if cfg.backbone != "swin":
+        _validate_cnn(cfg)
     s = cfg.swin
     if len(s.depths) != 4 or len(s.num_heads) != 4:
         raise ValueError(f"swin.depths={s.depths} / swin.num_heads={s.num_heads}: need 4 stages each")
@@ -149,9 +194,20 @@ def validate(cfg) -> None:
         raise ValueError(f"dtype={cfg.dtype!r}: expected 'float32' or 'bfloat16'")
     if not 0 <= cfg.aux.in_index < 4:
         raise ValueError(f"aux.in_index={cfg.aux.in_index}: must be a stage index 0..3")
-    expected = projection_stride(cfg.projection.feature, s.patch_size)
+    expected = projection_stride(cfg.projection.feature, encoder_patch_size(cfg))
     if cfg.projection.stride != expected:
         raise ValueError(f"projection.stride={cfg.projection.stride} but projection.feature="
                          f"{cfg.projection.feature!r} has stride {expected}: set both together")
     if cfg.num_classes < 1:
         raise ValueError(f"num_classes={cfg.num_classes}: must be >= 1")
+
+
+def _validate_cnn(cfg) -> None:
+    c = cfg.cnn
+    if len(c.depths) != 4 or min(c.depths) < 1:
+        raise ValueError(f"cnn.depths={c.depths}: need 4 stages of >= 1 block")
+    if c.stem_width < 1 or c.width < 1:
+        raise ValueError(f"cnn.stem_width={c.stem_width}, cnn.width={c.width}: must be >= 1")
+    if (cfg.backbone == "resnest101") != (c.radix >= 1):
+        raise ValueError(f"cnn.radix={c.radix} with backbone={cfg.backbone!r}: resnest101 needs radix >= 1 "
+                         "(split attention), resnet50 radix 0")

@@ -1,4 +1,5 @@
-"""The STCL segmenter: Swin encoder + UperNet decoder + auxiliary FCN head + STCL projection head.
+"""The STCL segmenter: Swin (or ResNet / ResNeSt: `model.backbone`) encoder + UperNet decoder + auxiliary FCN
+head + STCL projection head.
 
 Contract (docs/design.md): `model.apply(variables, images (B, H, W, 3), train=...)` returns
 `{"logits": (B, H, W, C) f32, "aux_logits": (B, H, W, C) f32, "embeddings": (B, h, w, D)}` where the embeddings
@@ -18,6 +19,7 @@ import jax
 import jax.numpy as jnp
 
 from stcl_jax.models import config as config_lib
+from stcl_jax.models.backbones import CNNConfig, cnn_encoder
 from stcl_jax.models.heads import FCNHead, ProjectionHead
 from stcl_jax.models.swin import SwinTransformer
 from stcl_jax.models.upernet import UPerHead, resize_bilinear
@@ -46,15 +48,21 @@ class Segmenter(nn.Module):
     projection_feature: str = config_lib.DEFAULT_PROJECTION_FEATURE
     remat: bool = False
     dtype: Any = jnp.float32
+    backbone: str = "swin"
+    cnn: Any = None            # model_config().cnn (frozen) when backbone is a CNN
 
     @nn.compact
     def __call__(self, images: jax.Array, train: bool = False) -> dict[str, jax.Array]:
         if images.ndim != 4 or images.shape[-1] != 3:
             raise ValueError(f"images must be (B, H, W, 3) NHWC, got shape {images.shape}")
         size = images.shape[1:3]
-        feats = SwinTransformer(self.embed_dim, tuple(self.depths), tuple(self.num_heads), self.window_size,
-                                self.patch_size, self.mlp_ratio, self.qkv_bias, self.drop_path_rate, self.remat,
-                                self.dtype, name="backbone")(images, train)
+        if self.backbone == "swin":
+            encoder = SwinTransformer(self.embed_dim, tuple(self.depths), tuple(self.num_heads), self.window_size,
+                                      self.patch_size, self.mlp_ratio, self.qkv_bias, self.drop_path_rate,
+                                      self.remat, self.dtype, name="backbone")
+        else:
+            encoder = cnn_encoder(self.cnn, self.dtype)
+        feats = encoder(images, train)
         logits, fused = UPerHead(self.num_classes, self.decoder_channels, tuple(self.pool_scales),
                                  self.decoder_dropout, self.dtype, name="decode_head")(feats, train)
         aux = FCNHead(self.num_classes, self.aux_channels, self.aux_num_convs, self.aux_dropout, self.dtype,
@@ -76,4 +84,5 @@ def build_segmenter(model_config) -> Segmenter:
         decoder_channels=c.decoder.channels, pool_scales=tuple(c.decoder.pool_scales),
         decoder_dropout=c.decoder.dropout, aux_channels=c.aux.channels, aux_in_index=c.aux.in_index,
         aux_num_convs=c.aux.num_convs, aux_dropout=c.aux.dropout, projection_dim=c.projection.dim,
-        projection_feature=c.projection.feature, remat=c.remat, dtype=DTYPES[c.dtype])
+        projection_feature=c.projection.feature, remat=c.remat, dtype=DTYPES[c.dtype], backbone=c.backbone,
+        cnn=CNNConfig.of(c.cnn) if c.backbone != "swin" else None)

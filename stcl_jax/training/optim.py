@@ -1,4 +1,5 @@
-"""AdamW with mmseg's warmup + poly learning-rate schedule and a weight-decay mask.
+"""AdamW (the Swin recipe) or SGD with momentum (the CNN recipe) with mmseg's warmup + poly learning-rate
+schedule and a weight-decay mask.
 
 Schedule (mmcv `PolyLrUpdaterHook` with `warmup="linear"`, `by_epoch=False`), for step s (0-based, the number
 of updates done before this one):
@@ -7,8 +8,15 @@ of updates done before this one):
     lr(s)     = poly(s) * (1 - (1 - s / warmup_steps) * (1 - warmup_ratio))   for s < warmup_steps
               = poly(s)                                                          otherwise
 
-Weight decay (decoupled, as torch.optim.AdamW): none on 1-d leaves, leaves named "bias" or "scale" (norms,
-biases) and leaves whose "/"-joined path matches one of `config.optim.no_decay_patterns`.
+`config.optim.name`: "adamw" (torch.optim.AdamW: decoupled weight decay) or "sgd" (torch.optim.SGD: momentum,
+no dampening, no Nesterov, weight decay added to the gradient before the momentum).
+
+Weight decay applies to every leaf except, per `config.optim.decay_exempt`:
+  "mmseg"             leaves whose "/"-joined path matches one of `config.optim.no_decay_patterns` (mmseg's
+                      `paramwise_cfg.custom_keys` with decay_mult 0, a substring match; its Swin configs exempt
+                      "norm", "relative_position_bias_table", "absolute_pos_embed", so biases and the heads' BN
+                      ("bn") decay; its CNN configs have no custom keys: everything decays)
+  "norms_and_biases"  those, plus every 1-d leaf and every leaf named "bias" or "scale" (the timm / HF habit)
 """
 
 import re
@@ -54,14 +62,20 @@ def path_str(path) -> str:
     return "/".join(parts)
 
 
-def decay_mask(params, no_decay_patterns: Sequence[str]):
+DECAY_EXEMPT = ("mmseg", "norms_and_biases")
+OPTIMIZERS = ("adamw", "sgd")
+
+
+def decay_mask(params, no_decay_patterns: Sequence[str], exempt: str = "norms_and_biases"):
     """A pytree of bools like `params`: True where weight decay applies (see module docstring)."""
+    if exempt not in DECAY_EXEMPT:
+        raise ValueError(f"config.optim.decay_exempt={exempt!r}: expected one of {DECAY_EXEMPT}")
     regexes = [re.compile(p) for p in no_decay_patterns]
 
     def decays(path, leaf):
         name = path_str(path)
         last = name.rsplit("/", 1)[-1]
-        if jnp.ndim(leaf) <= 1 or last in ("bias", "scale"):
+        if exempt == "norms_and_biases" and (jnp.ndim(leaf) <= 1 or last in ("bias", "scale")):
             return False
         return not any(r.search(name) for r in regexes)
 
@@ -74,10 +88,16 @@ def make_optimizer(config: ml_collections.ConfigDict) -> tuple[optax.GradientTra
     schedule = poly_warmup_schedule(learning_rate=o.learning_rate, total_steps=config.total_steps,
                                     warmup_steps=o.warmup_steps, warmup_ratio=o.warmup_ratio,
                                     power=o.poly_power, min_lr=o.min_lr)
-    patterns = tuple(o.no_decay_patterns)
+    patterns, exempt = tuple(o.no_decay_patterns), o.get("decay_exempt", "norms_and_biases")
+    name = o.get("name", "adamw")
+    if name not in OPTIMIZERS:
+        raise ValueError(f"config.optim.name={name!r}: expected one of {OPTIMIZERS}")
+    mask = lambda p: decay_mask(p, patterns, exempt)  # noqa: E731
     chain = []
     if o.grad_clip_norm and o.grad_clip_norm > 0:
         chain.append(optax.clip_by_global_norm(o.grad_clip_norm))
-    chain.append(optax.adamw(schedule, b1=o.b1, b2=o.b2, eps=o.eps, weight_decay=o.weight_decay,
-                             mask=lambda p: decay_mask(p, patterns)))
+    if name == "sgd":  # torch.optim.SGD: g + wd * p, then the momentum trace, then -lr
+        chain += [optax.add_decayed_weights(o.weight_decay, mask), optax.sgd(schedule, momentum=o.momentum)]
+    else:
+        chain.append(optax.adamw(schedule, b1=o.b1, b2=o.b2, eps=o.eps, weight_decay=o.weight_decay, mask=mask))
     return optax.chain(*chain), schedule

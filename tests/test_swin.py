@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from stcl_jax.models.swin import (DropPath, SwinStage, SwinTransformer, drop_path_rates, relative_position_index,
-                                  shift_attention_mask, window_partition, window_reverse)
+                                  shift_attention_mask, window_partition, window_region_ids, window_reverse)
 from stcl_jax.models.upernet import adaptive_avg_pool, resize_bilinear
 
 
@@ -23,7 +23,9 @@ def test_relative_position_index_brute_force(window):
 def test_shift_mask_blocks_exactly_the_wrapped_pairs(hw, window, shift):
     """After rolling by -shift, two tokens of a window may attend iff neither axis wraps between them."""
     h, w = hw
-    mask = shift_attention_mask(h, w, window, shift)
+    ids = window_region_ids(h, w, window, shift)
+    assert ids.shape == ((h // window) * (w // window), window * window) and ids.dtype == np.int8
+    mask = np.asarray(shift_attention_mask(ids))
     assert mask.shape == ((h // window) * (w // window), window * window, window * window)
     k = 0
     for wr in range(0, h, window):
@@ -57,17 +59,56 @@ def test_drop_path_schedule_and_scaling():
     np.testing.assert_array_equal(DropPath(0.25).apply({}, x, True), x)
 
 
-def test_adaptive_pool_and_resize_match_torch():
+def test_adaptive_pool_matches_torch():
     torch = pytest.importorskip("torch")
     x = np.random.RandomState(0).randn(2, 5, 7, 3).astype(np.float32)
     t = torch.from_numpy(x.transpose(0, 3, 1, 2))
     for scale in (1, 2, 3, 6):  # 6 > 5: bins overlap, as in a PPM on a small map
         ref = torch.nn.functional.adaptive_avg_pool2d(t, scale).numpy().transpose(0, 2, 3, 1)
         np.testing.assert_allclose(adaptive_avg_pool(jnp.asarray(x), scale), ref, rtol=1e-5, atol=1e-6)
-    for size in ((11, 13), (3, 4), (5, 7)):  # up, down (no antialias), identity
-        ref = torch.nn.functional.interpolate(t, size=size, mode="bilinear", align_corners=False)
-        np.testing.assert_allclose(resize_bilinear(jnp.asarray(x), size), ref.numpy().transpose(0, 2, 3, 1),
-                                   rtol=1e-5, atol=1e-6)
+
+
+# (input, output) sizes: x2 / x4 / x8 (the top-down path, logits), PPM maps onto small odd feature maps (up and
+# down, no antialias), odd ratios (slices with per-phase weights), long periods (gathers), 1-pixel maps, identity.
+RESIZES = [((5, 7), (10, 14)), ((6, 6), (24, 24)), ((3, 2), (24, 16)), ((6, 6), (2, 3)), ((6, 6), (5, 7)),
+           ((3, 3), (2, 5)), ((2, 2), (5, 3)), ((1, 1), (4, 5)), ((5, 7), (11, 13)), ((12, 9), (23, 45)),
+           ((4, 50), (9, 853)), ((5, 7), (3, 4)), ((5, 7), (5, 7))]
+
+
+def _torch_resize(x, size, cotangent):
+    torch = pytest.importorskip("torch")
+    t = torch.tensor(x.transpose(0, 3, 1, 2), requires_grad=True)
+    out = torch.nn.functional.interpolate(t, size=size, mode="bilinear", align_corners=False)
+    out.backward(torch.from_numpy(cotangent.transpose(0, 3, 1, 2)))
+    return out.detach().numpy().transpose(0, 2, 3, 1), t.grad.numpy().transpose(0, 2, 3, 1)
+
+
+@pytest.mark.parametrize("in_size,size", RESIZES)
+def test_resize_matches_torch_values_and_gradients(in_size, size):
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(2, *in_size, 3)).astype(np.float32)
+    cot = rng.normal(size=(2, *size, 3)).astype(np.float32)
+    ref, ref_grad = _torch_resize(x, size, cot)
+    out, vjp = jax.vjp(lambda a: resize_bilinear(a, size), jnp.asarray(x))
+    np.testing.assert_allclose(out, ref, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(vjp(jnp.asarray(cot))[0], ref_grad, rtol=1e-5, atol=1e-5)
+
+
+def test_resize_has_no_matmul_and_stays_bf16():
+    """No dot_general (jax.image.resize is a dense HIGHEST-precision matmul), no scatter in the x4 gradient, and
+    bf16 in -> bf16 out, float32 arithmetic rounded once: torch's float32 result on the same bf16 values rounded."""
+    x = jnp.asarray(np.random.default_rng(1).normal(size=(1, 6, 5, 4)), jnp.bfloat16)
+    for size in ((24, 20), (4, 3), (11, 13), (9, 853)):
+        text = jax.jit(jax.grad(lambda a: resize_bilinear(a, size).astype(jnp.float32).sum())).lower(x).as_text()
+        assert "dot_general" not in text, size
+    assert "scatter" not in jax.jit(jax.grad(lambda a: resize_bilinear(a, (24, 20)).sum())).lower(
+        x.astype(jnp.float32)).as_text()
+    for size in ((24, 20), (4, 3), (11, 13)):
+        out = resize_bilinear(x, size)
+        assert out.dtype == jnp.bfloat16
+        ref, _ = _torch_resize(np.asarray(x, np.float32), size, np.zeros((1, *size, 4), np.float32))
+        # one rounding: within half a bf16 ulp (<= 2**-8 relative) of the float32 result
+        np.testing.assert_allclose(np.asarray(out, np.float32), ref, rtol=2**-8, atol=1e-6)
 
 
 def test_bf16_compute_keeps_fp32_params():
@@ -84,11 +125,12 @@ def test_bf16_compute_keeps_fp32_params():
         assert err < 3e-2, err
 
 
-def test_remat_gives_same_values_and_gradients():
-    """Rematerialised blocks (config `remat`) recompute the forward in the backward pass: same numbers."""
+@pytest.mark.parametrize("policy", ["full", "dots"])
+def test_remat_gives_same_values_and_gradients(policy):
+    """Rematerialised blocks (config `remat`, `remat_policy`) recompute in the backward pass: same numbers."""
     x = jax.random.normal(jax.random.key(0), (2, 9, 10, 8))
     kw = dict(depth=2, num_heads=2, window=3, drop_path=(0.0, 0.5), downsample=True)
-    plain, remat = SwinStage(**kw), SwinStage(**kw, remat=True)
+    plain, remat = SwinStage(**kw), SwinStage(**kw, remat=True, remat_policy=policy)
     params = jax.jit(plain.init)(jax.random.key(1, impl="rbg"), x)["params"]
 
     def loss(module, p):
@@ -99,3 +141,19 @@ def test_remat_gives_same_values_and_gradients():
     l1, g1 = jax.jit(jax.value_and_grad(lambda p: loss(remat, p)))(params)
     np.testing.assert_allclose(l0, l1, rtol=1e-6)
     jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7), g0, g1)
+
+
+def test_remat_policies_save_less_than_no_remat():
+    """Residuals kept for the backward (the vjp closure's arrays): "full" < "dots" (+ matmul outputs) < none."""
+    import math
+
+    x = jnp.zeros((2, 9, 10, 8))
+    kw = dict(depth=2, num_heads=2, window=3, drop_path=(0.0, 0.0), downsample=True)
+    params = jax.eval_shape(SwinStage(**kw).init, jax.random.key(1), x)["params"]
+
+    def saved(**remat):
+        f = lambda p: SwinStage(**kw, **remat).apply({"params": p}, x)[1].sum()  # noqa: E731
+        residuals = jax.tree.leaves(jax.eval_shape(lambda p: jax.vjp(f, p)[1], params))
+        return sum(math.prod(r.shape) for r in residuals)
+
+    assert saved(remat=True, remat_policy="full") < saved(remat=True, remat_policy="dots") < saved()

@@ -7,7 +7,9 @@ applies on one CPU in seconds (tests, `runlocal` configs). Fields (all documente
   decoder.{channels, pool_scales, dropout}      UperNet head (mmseg UPerHead)
   aux.{channels, in_index, num_convs, dropout}  FCN auxiliary head on a backbone stage
   projection.{dim, feature, stride}             STCL projection head; `stride` is derived from `feature`
-  num_classes, dtype ("float32" | "bfloat16"), remat (rematerialise each Swin block in the backward pass)
+  num_classes, dtype ("float32" | "bfloat16"), remat (rematerialise each Swin block in the backward pass),
+  remat_policy (with remat: "full" recomputes the whole block; "dots" keeps the outputs of its matmuls without
+                batch dimensions, i.e. the Dense layers, and recomputes the rest: attention, norms, GELU)
 """
 
 from __future__ import annotations
@@ -28,6 +30,9 @@ _ALIASES = {"t": "tiny", "s": "small", "b": "base", "l": "large"}
 
 # Feature maps the projection head may read and their stride w.r.t. the input (patch size 4).
 PROJECTION_FEATURES = ("fused", "stage1", "stage2", "stage3", "stage4")
+
+# model.remat_policy values -> jax.checkpoint policy (None: save nothing, recompute the whole block).
+REMAT_POLICIES = ("full", "dots")
 
 # Keyword shortcuts accepted by model_config for the most common overrides.
 _SHORTCUTS = {
@@ -78,6 +83,7 @@ def model_config(size: str = "tiny", *, num_classes: int = 124, window_size: int
     cfg.num_classes = num_classes
     cfg.dtype = "float32"
     cfg.remat = False
+    cfg.remat_policy = "full"
     cfg.swin = ml_collections.ConfigDict(dict(
         embed_dim=embed_dim, depths=depths, num_heads=num_heads, window_size=window_size, patch_size=4,
         mlp_ratio=4.0, qkv_bias=True, drop_path_rate=0.1 if micro else 0.3))
@@ -141,6 +147,8 @@ def validate(cfg) -> None:
         raise ValueError(f"swin.window_size={s.window_size}, swin.patch_size={s.patch_size}: must be >= 1")
     if cfg.dtype not in ("float32", "bfloat16", "float16"):
         raise ValueError(f"dtype={cfg.dtype!r}: expected 'float32' or 'bfloat16'")
+    if cfg.remat_policy not in REMAT_POLICIES:
+        raise ValueError(f"remat_policy={cfg.remat_policy!r}: expected one of {REMAT_POLICIES}")
     if not 0 <= cfg.aux.in_index < 4:
         raise ValueError(f"aux.in_index={cfg.aux.in_index}: must be a stage index 0..3")
     expected = projection_stride(cfg.projection.feature, s.patch_size)

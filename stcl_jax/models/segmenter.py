@@ -1,9 +1,11 @@
 """The STCL segmenter: Swin encoder + UperNet decoder + auxiliary FCN head + STCL projection head.
 
 Contract (docs/design.md): `model.apply(variables, images (B, H, W, 3), train=...)` returns
-`{"logits": (B, H, W, C) f32, "aux_logits": (B, H, W, C) f32, "embeddings": (B, h, w, D)}` where the embeddings
-live at `model_config.projection.stride`. Top-level parameter groups follow mmseg: `backbone`, `decode_head`,
-`auxiliary_head`, plus `projection_head`.
+`{"logits": (B, H, W, C), "aux_logits": (B, H, W, C), "embeddings": (B, h, w, D)}` where the embeddings live at
+`model_config.projection.stride`. All three are in the compute dtype (`model_config.dtype`: bfloat16 logits for a
+bf16 model, as under torch autocast); the logits are upsampled from stride 4 in that dtype (float32 arithmetic,
+one rounding) and consumers upcast them (`cross_entropy` inside its fused reductions, inference before averaging).
+Top-level parameter groups follow mmseg: `backbone`, `decode_head`, `auxiliary_head`, plus `projection_head`.
 
 BatchNorm statistics are those of the whole batch passed to `apply`; under `jax.jit` with a batch sharded over
 devices that is the global batch (XLA inserts the cross-device reductions), i.e. SyncBN semantics.
@@ -45,6 +47,7 @@ class Segmenter(nn.Module):
     projection_dim: int = 512
     projection_feature: str = "fused"
     remat: bool = False
+    remat_policy: str = "full"
     dtype: Any = jnp.float32
 
     @nn.compact
@@ -54,7 +57,7 @@ class Segmenter(nn.Module):
         size = images.shape[1:3]
         feats = SwinTransformer(self.embed_dim, tuple(self.depths), tuple(self.num_heads), self.window_size,
                                 self.patch_size, self.mlp_ratio, self.qkv_bias, self.drop_path_rate, self.remat,
-                                self.dtype, name="backbone")(images, train)
+                                self.dtype, self.remat_policy, name="backbone")(images, train)
         logits, fused = UPerHead(self.num_classes, self.decoder_channels, tuple(self.pool_scales),
                                  self.decoder_dropout, self.dtype, name="decode_head")(feats, train)
         aux = FCNHead(self.num_classes, self.aux_channels, self.aux_num_convs, self.aux_dropout, self.dtype,
@@ -76,4 +79,5 @@ def build_segmenter(model_config) -> Segmenter:
         decoder_channels=c.decoder.channels, pool_scales=tuple(c.decoder.pool_scales),
         decoder_dropout=c.decoder.dropout, aux_channels=c.aux.channels, aux_in_index=c.aux.in_index,
         aux_num_convs=c.aux.num_convs, aux_dropout=c.aux.dropout, projection_dim=c.projection.dim,
-        projection_feature=c.projection.feature, remat=c.remat, dtype=DTYPES[c.dtype])
+        projection_feature=c.projection.feature, remat=c.remat, remat_policy=c.remat_policy,
+        dtype=DTYPES[c.dtype])

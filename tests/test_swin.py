@@ -5,8 +5,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from stcl_jax.models.swin import (DropPath, SwinStage, SwinTransformer, drop_path_rates, relative_position_index,
-                                  shift_attention_mask, window_partition, window_region_ids, window_reverse)
+from stcl_jax.models.swin import (DropPath, SwinStage, SwinTransformer, WindowAttention, drop_path_rates,
+                                  relative_position_index, shift_attention_mask, softmax_low_precision,
+                                  window_partition, window_region_ids, window_reverse)
 from stcl_jax.models.upernet import adaptive_avg_pool, resize_bilinear
 
 
@@ -36,6 +37,59 @@ def test_shift_mask_blocks_exactly_the_wrapped_pairs(hw, window, shift):
                     same = ((r1 >= h - shift) == (r2 >= h - shift)) and ((c1 >= w - shift) == (c2 >= w - shift))
                     assert mask[k, i, j] == (0.0 if same else -100.0)
             k += 1
+
+
+def _attention_reference(params, x, region_ids, heads):
+    """float64 NumPy window attention: softmax(q k^T / sqrt(d) + bias [+ shift mask]) v, then proj."""
+    p = jax.tree.map(lambda a: np.asarray(a, np.float64), params)
+    b, nw, n, c = x.shape
+    d = c // heads
+    qkv = (np.asarray(x, np.float64) @ p["qkv"]["kernel"] + p["qkv"]["bias"]).reshape(b, nw, n, 3, heads, d)
+    q, k, v = (qkv[..., i, :, :].transpose(0, 1, 3, 2, 4) for i in range(3))    # (b, nw, heads, n, d)
+    window = int(round(n**0.5))
+    bias = p["relative_position_bias_table"][relative_position_index(window)].transpose(2, 0, 1)
+    logits = q @ k.transpose(0, 1, 2, 4, 3) / np.sqrt(d) + bias
+    if region_ids is not None:
+        logits = logits + np.where(region_ids[:, :, None] != region_ids[:, None, :], -100.0, 0.0)[None, :, None]
+    probs = np.exp(logits - logits.max(-1, keepdims=True))
+    probs /= probs.sum(-1, keepdims=True)
+    out = (probs @ v).transpose(0, 1, 3, 2, 4).reshape(b, nw, n, c)
+    return out @ p["proj"]["kernel"] + p["proj"]["bias"]
+
+
+@pytest.mark.parametrize("shifted", [False, True])
+def test_window_attention_matches_float64_reference(shifted):
+    """Regular windows (jax.nn.dot_product_attention) and shifted ones (einsums + region mask), float32."""
+    x = jax.random.normal(jax.random.key(0), (2, 4, 9, 8))
+    ids = window_region_ids(6, 6, 3, 1) if shifted else None
+    attn = WindowAttention(8, 2, 3)
+    params = attn.init(jax.random.key(1), x, ids)["params"]
+    params["relative_position_bias_table"] = jax.random.normal(jax.random.key(2), (25, 2))  # non-trivial bias
+    out = jax.jit(lambda p, a: attn.apply({"params": p}, a, ids))(params, x)
+    np.testing.assert_allclose(out, _attention_reference(params, x, ids, 2), rtol=1e-4, atol=1e-5)
+
+
+def test_bf16_attention_saves_only_bf16_probabilities():
+    """softmax_low_precision: float32 statistics, bf16 probabilities as the only (N, N) residual of a shifted
+    block; its gradient is the float32 softmax gradient taken at those probabilities."""
+    logits = jax.random.normal(jax.random.key(0), (3, 7, 7)) * 4
+    cot = jax.random.normal(jax.random.key(1), (3, 7, 7)).astype(jnp.bfloat16)
+    probs, vjp = jax.vjp(lambda a: softmax_low_precision(a, jnp.bfloat16), logits)
+    ref = jax.nn.softmax(logits, axis=-1)
+    assert probs.dtype == jnp.bfloat16
+    np.testing.assert_array_equal(probs, ref.astype(jnp.bfloat16))
+    p, g = np.asarray(probs, np.float64), np.asarray(cot, np.float64)
+    np.testing.assert_allclose(vjp(cot)[0], p * (g - (g * p).sum(-1, keepdims=True)), rtol=1e-5, atol=1e-6)
+    _, ref_vjp = jax.vjp(lambda a: jax.nn.softmax(a, axis=-1), logits)
+    np.testing.assert_allclose(vjp(cot)[0], ref_vjp(cot.astype(jnp.float32))[0], rtol=2e-2, atol=5e-3)
+
+    x = jnp.zeros((2, 4, 9, 8), jnp.bfloat16)
+    ids = window_region_ids(6, 6, 3, 1)
+    attn = WindowAttention(8, 2, 3, dtype=jnp.bfloat16)
+    params = jax.eval_shape(lambda: attn.init(jax.random.key(0), x, ids))["params"]
+    loss = lambda prm, a: attn.apply({"params": prm}, a, ids).astype(jnp.float32).sum()  # noqa: E731
+    residuals = jax.tree.leaves(jax.eval_shape(lambda prm, a: jax.vjp(loss, prm, a)[1], params, x))
+    assert [r.dtype for r in residuals if r.shape[-2:] == (9, 9)] == [jnp.bfloat16]
 
 
 def test_window_partition_round_trip():

@@ -63,3 +63,13 @@ def test_bfloat16_model_has_no_float32_dot(step_dots):
         assert not f32, f32[:3]
     else:
         assert len(f32) == len(dots)  # the pattern does see float32 dots when there are some
+
+
+def test_a_bad_ce_average_names_the_field():
+    c = demo.get_config("runlocal")
+    c.unlock()
+    c.loss.ce_average = "mean"
+    model = build_segmenter(c.model)
+    tx, schedule = optim.make_optimizer(c)
+    with pytest.raises(ValueError, match=r"config\.loss\.ce_average='mean'"):
+        loop.make_train_step(model, tx, schedule, c)

@@ -31,7 +31,7 @@ _ALIASES = {"t": "tiny", "s": "small", "b": "base", "l": "large"}
 # Feature maps the projection head may read and their stride w.r.t. the input (patch size 4).
 PROJECTION_FEATURES = ("fused", "stage1", "stage2", "stage3", "stage4")
 
-# model.remat_policy values -> jax.checkpoint policy (None: save nothing, recompute the whole block).
+# model.remat_policy values (the jax.checkpoint policy of each: stcl_jax.models.swin.remat_policy).
 REMAT_POLICIES = ("full", "dots")
 
 # Keyword shortcuts accepted by model_config for the most common overrides.

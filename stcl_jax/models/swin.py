@@ -123,9 +123,10 @@ class WindowAttention(nn.Module):
 
     Regular windows (`region_ids` None) go through `jax.nn.dot_product_attention` with the (1, heads, N, N) bias;
     its `implementation=None` (automatic) is XLA's einsum attention on jax 0.10 and 0.11, with float32 logits and
-    softmax. Shifted windows add the per-window region mask, which would have to broadcast over the batch there,
-    so they use our einsums: bf16 QK^T upcast to float32 for the softmax, whose backward keeps only the probabilities
-    in the compute dtype (`softmax_low_precision`; exact float32 softmax in float32 mode).
+    softmax, whose backward keeps float32 and bf16 probabilities in a bf16 model (a fused backend, e.g. cuDNN, is
+    what this path is for). Shifted windows add the per-window region mask, which would have to broadcast over the
+    batch there, so they use our einsums: bf16 QK^T upcast to float32 for the softmax, whose backward keeps only
+    the probabilities in the compute dtype (`softmax_low_precision`; exact float32 softmax in float32 mode).
     """
     dim: int
     num_heads: int

@@ -10,6 +10,11 @@ betas (0.9, 0.999), weight decay 0.01 with no decay on norms, relative-position 
 iterations; global batch 16 clips; random resize 0.5-2.0, crop 768x768, horizontal flip; drop path 0.3; loss
 1.0 CE + 0.4 auxiliary CE + 0.2 STCL with tau 0.07 and a 512-d projection; a query frame + 1 reference frame.
 
+`config.loss.ce_average` is the reduction of both CE terms: "all" (default) divides the summed per-pixel loss
+by every pixel of the batch, ignored ones included, as mmseg's CrossEntropyLoss does with its default
+`avg_non_ignore=False` (the paper's toolbox); "valid" divides by the valid pixels only (PyTorch's / Hugging Face's
+`ignore_index` mean). Any other value stops the train step's construction with an error naming the field.
+
 `config.data` (read by `stcl_jax.data.pipeline.make_train_loader`):
   dir               built dataset directory (output of `stcl_jax.data.build`); "" in demo.py = generate one.
   train_split, val_split   split names inside `dir`.
@@ -110,6 +115,7 @@ def base_config() -> ml_collections.ConfigDict:
 
     c.loss = ml_collections.ConfigDict()
     c.loss.ce_weight = 1.0
+    c.loss.ce_average = "all"         # CE reduction: "all" pixels (mmseg) or "valid" ones; see the docstring
     c.loss.aux_weight = 0.4
     c.loss.stcl_weight = 0.2
     c.loss.temperature = 0.07

@@ -63,6 +63,17 @@ def test_apply_shapes_any_size(micro):
     np.testing.assert_allclose(swapped[0], out["logits"][1], rtol=1e-4, atol=1e-5)
 
 
+def test_outputs_are_in_the_compute_dtype(micro):
+    """A bf16 model returns bf16 logits (upsampled in bf16, as under autocast) and keeps float32 parameters."""
+    cfg, _, variables, images = micro
+    model = build_segmenter(model_config("micro", num_classes=5, dtype="bfloat16"))
+    out = jax.eval_shape(lambda v, x: model.apply(v, x, train=False), variables, images)
+    assert {k: v.dtype for k, v in out.items()} == {k: jnp.bfloat16 for k in ("logits", "aux_logits", "embeddings")}
+    assert out["logits"].shape == (2, 45, 71, 5)
+    with pytest.raises(ValueError, match="remat_policy='some'"):
+        model_config("micro", remat=True, remat_policy="some")
+
+
 def test_train_mode_rngs_and_batch_stats(micro):
     _, model, variables, images = micro
 

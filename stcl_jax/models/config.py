@@ -15,7 +15,9 @@ backbone="resnet50")` is a tiny one. Fields (all documented in docs/design.md):
   aux.{channels, in_index, num_convs, dropout}  FCN auxiliary head on a backbone stage
   projection.{dim, feature, stride}             STCL projection head (default: encoder stage 2, stride 8);
                                                 `stride` is derived from `feature`
-  num_classes, dtype ("float32" | "bfloat16"), remat (rematerialise each Swin block in the backward pass)
+  num_classes, dtype ("float32" | "bfloat16"), remat (rematerialise each Swin block in the backward pass),
+  remat_policy (with remat: "full" recomputes the whole block; "dots" keeps the outputs of its matmuls without
+                batch dimensions, i.e. the Dense layers, and recomputes the rest: attention, norms, GELU)
 """
 
 from __future__ import annotations
@@ -48,6 +50,9 @@ PROJECTION_FEATURES = ("fused", "stage1", "stage2", "stage3", "stage4")
 # at stride 8: 96x96 embeddings per 768 crop. docs/design.md ("Where STCL reads its features") gives the reasons and
 # BENCHMARKS.md the measurement; "fused" (the decoder's stride-4 map, 16x the loss FLOPs) stays available.
 DEFAULT_PROJECTION_FEATURE = "stage2"
+
+# model.remat_policy values (the jax.checkpoint policy of each: stcl_jax.models.swin.remat_policy).
+REMAT_POLICIES = ("full", "dots")
 
 # Keyword shortcuts accepted by model_config for the most common overrides.
 _SHORTCUTS = {
@@ -121,6 +126,7 @@ def model_config(size: str = "tiny", *, num_classes: int = 124, window_size: int
     cfg.num_classes = num_classes
     cfg.dtype = "float32"
     cfg.remat = False
+    cfg.remat_policy = "full"
     cfg.swin = ml_collections.ConfigDict(dict(
         embed_dim=embed_dim, depths=depths, num_heads=num_heads, window_size=window_size, patch_size=4,
         mlp_ratio=4.0, qkv_bias=True, drop_path_rate=0.1 if micro else 0.3))
@@ -192,6 +198,8 @@ def validate(cfg) -> None:
         raise ValueError(f"swin.window_size={s.window_size}, swin.patch_size={s.patch_size}: must be >= 1")
     if cfg.dtype not in ("float32", "bfloat16", "float16"):
         raise ValueError(f"dtype={cfg.dtype!r}: expected 'float32' or 'bfloat16'")
+    if cfg.remat_policy not in REMAT_POLICIES:
+        raise ValueError(f"remat_policy={cfg.remat_policy!r}: expected one of {REMAT_POLICIES}")
     if not 0 <= cfg.aux.in_index < 4:
         raise ValueError(f"aux.in_index={cfg.aux.in_index}: must be a stage index 0..3")
     expected = projection_stride(cfg.projection.feature, encoder_patch_size(cfg))

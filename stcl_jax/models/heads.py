@@ -13,7 +13,7 @@ Dtype = Any
 
 
 class FCNHead(nn.Module):
-    """`num_convs` 3x3 ConvModules (`convs_{i}`), channel dropout, 1x1 classifier `conv_seg`; float32 logits."""
+    """`num_convs` 3x3 ConvModules (`convs_{i}`), channel dropout, 1x1 classifier `conv_seg`; logits in `dtype`."""
     num_classes: int
     channels: int = 256
     num_convs: int = 1
@@ -25,7 +25,7 @@ class FCNHead(nn.Module):
         for i in range(self.num_convs):
             x = ConvModule(self.channels, 3, self.dtype, name=f"convs_{i}")(x, train)
         x = nn.Dropout(self.dropout, broadcast_dims=(1, 2), deterministic=not train)(x)
-        return nn.Conv(self.num_classes, (1, 1), dtype=self.dtype, name="conv_seg")(x).astype(jnp.float32)
+        return nn.Conv(self.num_classes, (1, 1), dtype=self.dtype, name="conv_seg")(x)
 
 
 class ProjectionHead(nn.Module):

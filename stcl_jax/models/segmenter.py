@@ -2,9 +2,11 @@
 head + STCL projection head.
 
 Contract (docs/design.md): `model.apply(variables, images (B, H, W, 3), train=...)` returns
-`{"logits": (B, H, W, C) f32, "aux_logits": (B, H, W, C) f32, "embeddings": (B, h, w, D)}` where the embeddings
-live at `model_config.projection.stride`. Top-level parameter groups follow mmseg: `backbone`, `decode_head`,
-`auxiliary_head`, plus `projection_head`.
+`{"logits": (B, H, W, C), "aux_logits": (B, H, W, C), "embeddings": (B, h, w, D)}` where the embeddings live at
+`model_config.projection.stride`. All three are in the compute dtype (`model_config.dtype`: bfloat16 logits for a
+bf16 model, as under torch autocast); the logits are upsampled from stride 4 in that dtype (float32 arithmetic,
+one rounding) and consumers upcast them (`cross_entropy` inside its fused reductions, inference before averaging).
+Top-level parameter groups follow mmseg: `backbone`, `decode_head`, `auxiliary_head`, plus `projection_head`.
 
 BatchNorm statistics are those of the whole batch passed to `apply`; under `jax.jit` with a batch sharded over
 devices that is the global batch (XLA inserts the cross-device reductions), i.e. SyncBN semantics.
@@ -47,6 +49,7 @@ class Segmenter(nn.Module):
     projection_dim: int = 512
     projection_feature: str = config_lib.DEFAULT_PROJECTION_FEATURE
     remat: bool = False
+    remat_policy: str = "full"
     dtype: Any = jnp.float32
     backbone: str = "swin"
     cnn: Any = None            # model_config().cnn (frozen) when backbone is a CNN
@@ -59,7 +62,7 @@ class Segmenter(nn.Module):
         if self.backbone == "swin":
             encoder = SwinTransformer(self.embed_dim, tuple(self.depths), tuple(self.num_heads), self.window_size,
                                       self.patch_size, self.mlp_ratio, self.qkv_bias, self.drop_path_rate,
-                                      self.remat, self.dtype, name="backbone")
+                                      self.remat, self.dtype, self.remat_policy, name="backbone")
         else:
             encoder = cnn_encoder(self.cnn, self.dtype)
         feats = encoder(images, train)
@@ -84,5 +87,5 @@ def build_segmenter(model_config) -> Segmenter:
         decoder_channels=c.decoder.channels, pool_scales=tuple(c.decoder.pool_scales),
         decoder_dropout=c.decoder.dropout, aux_channels=c.aux.channels, aux_in_index=c.aux.in_index,
         aux_num_convs=c.aux.num_convs, aux_dropout=c.aux.dropout, projection_dim=c.projection.dim,
-        projection_feature=c.projection.feature, remat=c.remat, dtype=DTYPES[c.dtype], backbone=c.backbone,
-        cnn=CNNConfig.of(c.cnn) if c.backbone != "swin" else None)
+        projection_feature=c.projection.feature, remat=c.remat, remat_policy=c.remat_policy,
+        dtype=DTYPES[c.dtype], backbone=c.backbone, cnn=CNNConfig.of(c.cnn) if c.backbone != "swin" else None)

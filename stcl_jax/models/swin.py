@@ -4,7 +4,8 @@ Any input height and width works: the image is padded to a patch multiple, each 
 window multiple (zeros after `norm1`, cropped after attention) and patch merging pads odd sizes, exactly as
 mmseg / the official Swin segmentation code / Hugging Face `SwinBackbone` do. Shifted windows are always used
 (no clamping of the window to small feature maps, as mmseg and HF's backbone). The relative-position index and
-the shift masks are NumPy constants built at trace time from the static shapes.
+the per-token shift regions are small NumPy constants built at trace time from the static shapes; the (nW, N, N)
+shift masks are computed from the regions inside the graph.
 
 Parameter names follow the official Swin / timm / mmseg checkpoints one to one (`patch_embed/proj`,
 `layers_{i}/blocks_{j}/{norm1,attn/qkv,attn/proj,attn/relative_position_bias_table,norm2,mlp/fc1,mlp/fc2}`,
@@ -13,6 +14,7 @@ Parameter names follow the official Swin / timm / mmseg checkpoints one to one (
 
 from __future__ import annotations
 
+import functools
 from typing import Any, Sequence
 
 import flax.linen as nn
@@ -31,21 +33,55 @@ def relative_position_index(window: int) -> np.ndarray:
     return (rel[..., 0] * (2 * window - 1) + rel[..., 1]).astype(np.int32)
 
 
-def shift_attention_mask(height: int, width: int, window: int, shift: int) -> np.ndarray:
-    """(num_windows, N, N) float32 mask (0 or -100) for shifted-window attention on a padded (height, width) map.
+def window_region_ids(height: int, width: int, window: int, shift: int) -> np.ndarray:
+    """(num_windows, N) int8 region id (0..8) of every token of the rolled, padded (height, width) map.
 
     Regions are the 3x3 slices [0, -window), [-window, -shift), [-shift, end) along each axis of the padded map;
     tokens of a window may attend only to tokens from the same region (official Swin / mmseg construction).
     """
     def regions(n):
         idx = np.arange(n)
-        return (idx >= n - window).astype(np.int32) + (idx >= n - shift).astype(np.int32)
+        return (idx >= n - window).astype(np.int8) + (idx >= n - shift).astype(np.int8)
 
     img = regions(height)[:, None] * 3 + regions(width)[None, :]
     win = img.reshape(height // window, window, width // window, window).transpose(0, 2, 1, 3)
-    win = win.reshape(-1, window * window)
-    diff = win[:, None, :] - win[:, :, None]
-    return np.where(diff != 0, -100.0, 0.0).astype(np.float32)
+    return win.reshape(-1, window * window)
+
+
+def shift_attention_mask(region_ids: np.ndarray) -> jax.Array:
+    """(num_windows, N, N) float32 additive mask, 0 within a region and -100 across regions, computed in the graph
+    from the small `window_region_ids` constant (the official code's mask values)."""
+    ids = jnp.asarray(region_ids)
+    return jnp.where(ids[:, :, None] != ids[:, None, :], jnp.float32(-100.0), jnp.float32(0.0))
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(1,))
+def softmax_low_precision(logits: jax.Array, dtype) -> jax.Array:
+    """softmax(float32 logits) rounded to `dtype`, saving only those `dtype` probabilities for the backward
+    (jax.nn.softmax would keep its float32 output): statistics and the gradient are computed in float32."""
+    return jax.nn.softmax(logits, axis=-1).astype(dtype)
+
+
+def _softmax_low_precision_fwd(logits, dtype):
+    probs = softmax_low_precision(logits, dtype)
+    return probs, probs
+
+
+def _softmax_low_precision_bwd(dtype, probs, grad):
+    p, g = probs.astype(jnp.float32), grad.astype(jnp.float32)
+    return (p * (g - jnp.sum(g * p, axis=-1, keepdims=True)),)
+
+
+softmax_low_precision.defvjp(_softmax_low_precision_fwd, _softmax_low_precision_bwd)
+
+
+def remat_policy(name: str):
+    """The `jax.checkpoint` policy of `model.remat_policy`: "full" saves nothing (the whole block is recomputed),
+    "dots" saves the outputs of the matmuls without batch dimensions (the Dense layers qkv, proj, fc1, fc2)."""
+    policies = {"full": None, "dots": jax.checkpoint_policies.dots_with_no_batch_dims_saveable}
+    if name not in policies:
+        raise ValueError(f"remat_policy={name!r}: expected one of {tuple(policies)}")
+    return policies[name]
 
 
 def drop_path_rates(depths: Sequence[int], rate: float) -> list[list[float]]:
@@ -83,7 +119,15 @@ class DropPath(nn.Module):
 
 
 class WindowAttention(nn.Module):
-    """Multi-head self attention inside windows with a learned relative-position bias."""
+    """Multi-head self attention inside windows with a learned relative-position bias.
+
+    Regular windows (`region_ids` None) go through `jax.nn.dot_product_attention` with the (1, heads, N, N) bias;
+    its `implementation=None` (automatic) is XLA's einsum attention on jax 0.10 and 0.11, with float32 logits and
+    softmax, whose backward keeps float32 and bf16 probabilities in a bf16 model (a fused backend, e.g. cuDNN, is
+    what this path is for). Shifted windows add the per-window region mask, which would have to broadcast over the
+    batch there, so they use our einsums: bf16 QK^T upcast to float32 for the softmax, whose backward keeps only
+    the probabilities in the compute dtype (`softmax_low_precision`; exact float32 softmax in float32 mode).
+    """
     dim: int
     num_heads: int
     window: int
@@ -91,26 +135,32 @@ class WindowAttention(nn.Module):
     dtype: Dtype = jnp.float32
 
     @nn.compact
-    def __call__(self, x, mask: np.ndarray | None):
-        # x: (B, nW, N, C); mask: (nW, N, N) constant or None.
+    def __call__(self, x, region_ids: np.ndarray | None):
+        # x: (B, nW, N, C); region_ids: (nW, N) constant (`window_region_ids`) for shifted windows, else None.
         b, nw, n, c = x.shape
         head_dim = c // self.num_heads
         table = self.param("relative_position_bias_table", nn.initializers.truncated_normal(0.02),
                            ((2 * self.window - 1) ** 2, self.num_heads), jnp.float32)
         bias = table[relative_position_index(self.window).reshape(-1)]
         bias = bias.reshape(n, n, self.num_heads).transpose(2, 0, 1)  # (heads, N, N)
-        bias = bias[None, None]
-        if mask is not None:
-            bias = bias + jnp.asarray(mask)[None, :, None]  # (1, nW, heads, N, N)
 
         qkv = nn.Dense(3 * c, use_bias=self.qkv_bias, dtype=self.dtype, name="qkv")(x)
         qkv = qkv.reshape(b, nw, n, 3, self.num_heads, head_dim)
         q, k, v = qkv[..., 0, :, :], qkv[..., 1, :, :], qkv[..., 2, :, :]
-        q = q * jnp.asarray(head_dim**-0.5, q.dtype)
-        logits = jnp.einsum("bwqhd,bwkhd->bwhqk", q, k).astype(jnp.float32) + bias
-        probs = jax.nn.softmax(logits, axis=-1).astype(self.dtype)
-        out = jnp.einsum("bwhqk,bwkhd->bwqhd", probs, v).reshape(b, nw, n, c)
-        return nn.Dense(c, dtype=self.dtype, name="proj")(out)
+        if region_ids is None:
+            flat = lambda t: t.reshape(b * nw, n, self.num_heads, head_dim)  # noqa: E731
+            out = jax.nn.dot_product_attention(flat(q), flat(k), flat(v), bias=bias[None],
+                                               scale=head_dim**-0.5, implementation=None)
+        else:
+            bias = bias[None, None] + shift_attention_mask(region_ids)[None, :, None]  # (1, nW, heads, N, N)
+            q = q * jnp.asarray(head_dim**-0.5, q.dtype)
+            logits = jnp.einsum("bwqhd,bwkhd->bwhqk", q, k).astype(jnp.float32) + bias
+            if jnp.dtype(self.dtype) == jnp.float32:
+                probs = jax.nn.softmax(logits, axis=-1)
+            else:
+                probs = softmax_low_precision(logits, jnp.dtype(self.dtype))
+            out = jnp.einsum("bwhqk,bwkhd->bwqhd", probs, v)
+        return nn.Dense(c, dtype=self.dtype, name="proj")(out.reshape(b, nw, n, c))
 
 
 class Mlp(nn.Module):
@@ -144,12 +194,12 @@ class SwinBlock(nn.Module):
         if ph or pw:
             y = jnp.pad(y, ((0, 0), (0, ph), (0, pw), (0, 0)))
         hp, wp = h + ph, w + pw
-        mask = None
+        region_ids = None
         if self.shift:
             y = jnp.roll(y, (-self.shift, -self.shift), axis=(1, 2))
-            mask = shift_attention_mask(hp, wp, ws, self.shift)
+            region_ids = window_region_ids(hp, wp, ws, self.shift)
         y = window_partition(y, ws)
-        y = WindowAttention(c, self.num_heads, ws, self.qkv_bias, self.dtype, name="attn")(y, mask)
+        y = WindowAttention(c, self.num_heads, ws, self.qkv_bias, self.dtype, name="attn")(y, region_ids)
         y = window_reverse(y, ws, hp, wp)
         if self.shift:
             y = jnp.roll(y, (self.shift, self.shift), axis=(1, 2))
@@ -204,10 +254,13 @@ class SwinStage(nn.Module):
     qkv_bias: bool = True
     remat: bool = False
     dtype: Dtype = jnp.float32
+    remat_policy: str = "full"
 
     @nn.compact
     def __call__(self, x, deterministic: bool = True):
-        block_cls = nn.remat(SwinBlock, static_argnums=(2,)) if self.remat else SwinBlock
+        block_cls = SwinBlock
+        if self.remat:
+            block_cls = nn.remat(SwinBlock, static_argnums=(2,), policy=remat_policy(self.remat_policy))
         for j in range(self.depth):
             shift = 0 if j % 2 == 0 else self.window // 2
             x = block_cls(self.num_heads, self.window, shift, self.mlp_ratio, self.qkv_bias,
@@ -228,6 +281,7 @@ class SwinTransformer(nn.Module):
     drop_path_rate: float = 0.0
     remat: bool = False
     dtype: Dtype = jnp.float32
+    remat_policy: str = "full"
 
     @nn.compact
     def __call__(self, images, train: bool = False):
@@ -236,7 +290,8 @@ class SwinTransformer(nn.Module):
         for i, (depth, heads, rates) in enumerate(
                 zip(self.depths, self.num_heads, drop_path_rates(self.depths, self.drop_path_rate))):
             stage = SwinStage(depth, heads, self.window_size, tuple(rates), i < len(self.depths) - 1,
-                              self.mlp_ratio, self.qkv_bias, self.remat, self.dtype, name=f"layers_{i}")
+                              self.mlp_ratio, self.qkv_bias, self.remat, self.dtype, self.remat_policy,
+                              name=f"layers_{i}")
             y, x = stage(x, not train)
             outs.append(nn.LayerNorm(LN_EPS, dtype=self.dtype, name=f"norm{i}")(y))
         return outs

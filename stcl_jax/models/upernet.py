@@ -12,6 +12,7 @@ Parameter names follow mmseg one to one: `psp_modules_{i}`, `bottleneck`, `later
 from __future__ import annotations
 
 import functools
+import math
 from typing import Any, Sequence
 
 import flax.linen as nn
@@ -24,14 +25,99 @@ BN_MOMENTUM = 0.9  # flax convention: PyTorch momentum 0.1.
 BN_EPS = 1e-5
 
 
+# Longest period (output pixels per repeat of the tap pattern) resized with strided slices; longer periods (sizes
+# with a small common divisor, e.g. 50 -> 853) use two static gathers instead.
+MAX_SLICE_PERIOD = 16
+
+
 def resize_bilinear(x: jax.Array, size: tuple[int, int]) -> jax.Array:
     """Bilinear resize of NHWC `x` to `size`, equal to PyTorch `F.interpolate(..., align_corners=False)`.
 
-    Antialiasing is off so that downsampling (e.g. a 6x6 pooled map onto a 4x5 feature map) matches PyTorch too.
+    Antialiasing is off, so downsampling (e.g. a 6x6 pooled map onto a 4x5 feature map) matches PyTorch too. A
+    2-tap interpolation along H, then W, with PyTorch's taps and float32 weights (`bilinear_taps`, NumPy at trace
+    time): static strided slices (or gathers, for long tap periods) and a lerp with constant weights; no matmul,
+    and for the usual integer ratios no scatter in the gradient either. Low-precision inputs (bf16) are
+    interpolated in float32 and rounded once at the end, as PyTorch's CUDA kernel does under autocast
+    (`upsample_bilinear2d` keeps the input dtype and accumulates in float32).
     """
     if tuple(x.shape[1:3]) == tuple(size):
         return x
-    return jax.image.resize(x, (x.shape[0], *size, x.shape[3]), "bilinear", antialias=False)
+    compute = jnp.promote_types(x.dtype, jnp.float32)
+    y = _resize_axis(x.astype(compute), 1, size[0])
+    return _resize_axis(y, 2, size[1]).astype(x.dtype)
+
+
+@functools.lru_cache(maxsize=None)
+def bilinear_taps(n_in: int, n_out: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(i0, i1, w1) per output pixel: out[i] = (1 - w1[i]) * x[i0[i]] + w1[i] * x[i1[i]], with PyTorch's float32
+    arithmetic: src = fma(n_in / n_out, i + 0.5, -0.5) clamped at 0, i0 = floor(src), i1 = min(i0 + 1, n_in - 1).
+    (Its compiled kernels contract that multiply-add; the float32 product is exact in float64.)"""
+    f32 = np.float32
+    scale = np.float64(f32(n_in) / f32(n_out))
+    src = (scale * (np.arange(n_out, dtype=f32) + f32(0.5)).astype(np.float64) - 0.5).astype(f32)
+    src = np.maximum(src, f32(0))
+    i0 = np.minimum(np.floor(src).astype(np.int64), n_in - 1)
+    i1 = np.minimum(i0 + 1, n_in - 1)
+    return i0, i1, np.clip(src - i0.astype(f32), 0, 1).astype(np.float64)
+
+
+@functools.lru_cache(maxsize=None)
+def phase_plan(n_in: int, n_out: int) -> tuple[tuple[int, np.ndarray], ...] | None:
+    """The taps of `bilinear_taps` as strided slices, or None if the period is too long for that.
+
+    With n_out / n_in = p / q in lowest terms and g = gcd(n_in, n_out), output pixel p*k + r (k < g) reads input
+    pixels d_r + q*k and d_r + q*k + 1, where d_r = floor((r + 0.5) q / p - 0.5) >= -1. Returns (d_r, w1 of those g
+    pixels) per phase r < p; taps at -1 or n_in read an edge-padded input, which reproduces PyTorch's clamping.
+    None also when PyTorch's float32 rounding moves a tap off that pattern.
+    """
+    g = math.gcd(n_in, n_out)
+    p, q = n_out // g, n_in // g
+    if p > MAX_SLICE_PERIOD:
+        return None
+    i0, _, w1 = bilinear_taps(n_in, n_out)
+    plan = []
+    for r in range(p):
+        d = ((2 * r + 1) * q - p) // (2 * p)
+        first = d + q * np.arange(g)
+        taps, weights = i0[r::p], w1[r::p]
+        clamped = (first == -1) & (taps == 0) & (weights == 0)  # PyTorch reads x[0]; so does padded x[-1]
+        if not np.all((taps == first) | clamped):
+            return None
+        plan.append((d, weights))
+    return tuple(plan)
+
+
+def _resize_axis(x: jax.Array, axis: int, n_out: int) -> jax.Array:
+    n_in = x.shape[axis]
+    if n_in == n_out:
+        return x
+    if n_in == 1:  # every tap reads the one pixel
+        return jnp.broadcast_to(x, (*x.shape[:axis], n_out, *x.shape[axis + 1:]))
+    plan = phase_plan(n_in, n_out)
+    if plan is None:
+        i0, i1, w1 = bilinear_taps(n_in, n_out)
+        return _lerp(jnp.take(x, i0, axis), jnp.take(x, i1, axis), w1, axis)
+    q = n_in // math.gcd(n_in, n_out)
+    padded = jnp.concatenate([jax.lax.slice_in_dim(x, 0, 1, axis=axis), x,
+                              jax.lax.slice_in_dim(x, n_in - 1, n_in, axis=axis)], axis=axis)
+    phases = []
+    for d, w1 in plan:  # the slices' transposes are pads: no scatter in the gradient
+        n = len(w1)
+        a = jax.lax.slice_in_dim(padded, d + 1, d + 2 + q * (n - 1), stride=q, axis=axis)
+        if w1.any():
+            b = jax.lax.slice_in_dim(padded, d + 2, d + 3 + q * (n - 1), stride=q, axis=axis)
+            a = _lerp(a, b, w1, axis)
+        phases.append(a)
+    out = jnp.stack(phases, axis=axis + 1)  # (..., g, p, ...) -> (..., g * p, ...)
+    return out.reshape(*x.shape[:axis], n_out, *x.shape[axis + 1:])
+
+
+def _lerp(a: jax.Array, b: jax.Array, w1: np.ndarray, axis: int) -> jax.Array:
+    """(1 - w1) * a + w1 * b with constant weights `w1` (one per position along `axis`)."""
+    shape = [1] * a.ndim
+    shape[axis] = len(w1)
+    w1 = np.asarray(w1, np.float64).reshape(shape)
+    return a * jnp.asarray(1.0 - w1, a.dtype) + b * jnp.asarray(w1, a.dtype)
 
 
 @functools.lru_cache(maxsize=None)
@@ -68,7 +154,7 @@ class ConvModule(nn.Module):
 
 
 class UPerHead(nn.Module):
-    """Returns (class logits at stride 4 in float32, fused `fpn_bottleneck` feature at stride 4)."""
+    """Returns (class logits at stride 4, fused `fpn_bottleneck` feature at stride 4), both in `dtype`."""
     num_classes: int
     channels: int = 512
     pool_scales: Sequence[int] = (1, 2, 3, 6)
@@ -97,4 +183,4 @@ class UPerHead(nn.Module):
             jnp.concatenate([resize_bilinear(o, size) for o in outs], axis=-1), train)
         y = nn.Dropout(self.dropout, broadcast_dims=(1, 2), deterministic=not train)(fused)
         logits = nn.Conv(self.num_classes, (1, 1), dtype=self.dtype, name="conv_seg")(y)
-        return logits.astype(jnp.float32), fused
+        return logits, fused

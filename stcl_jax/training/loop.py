@@ -38,6 +38,9 @@ def make_train_step(model, tx, schedule, config):
     "stcl": (B,) bool} (+ "image_hw" (B, 2) with uint8 images: see stcl_jax.training.inputs)."""
     lc = config.loss
     ignore = config.data.ignore_index
+    ce_average = lc.get("ce_average", "all")  # configs that predate the field: mmseg's reduction
+    if ce_average not in losses.segmentation.AVERAGES:
+        raise ValueError(f"config.loss.ce_average={ce_average!r}: expected one of {losses.segmentation.AVERAGES}")
 
     def loss_fn(params, batch_stats, batch, rng):
         images, labels = inputs_lib.train_images(batch, config.data), batch["label"]
@@ -47,8 +50,8 @@ def make_train_step(model, tx, schedule, config):
                                    images.reshape(b * t, h, w, images.shape[-1]), train=True,
                                    rngs={"dropout": k_dropout, "drop_path": k_drop_path}, mutable=["batch_stats"])
         flat = labels.reshape(b * t, h, w)
-        terms = {"ce": losses.cross_entropy(out["logits"], flat, ignore_index=ignore),
-                 "aux": losses.cross_entropy(out["aux_logits"], flat, ignore_index=ignore)}
+        terms = {"ce": losses.cross_entropy(out["logits"], flat, ignore_index=ignore, average=ce_average),
+                 "aux": losses.cross_entropy(out["aux_logits"], flat, ignore_index=ignore, average=ce_average)}
         total = lc.ce_weight * terms["ce"] + lc.aux_weight * terms["aux"]
         if lc.stcl_weight:
             emb = out["embeddings"]

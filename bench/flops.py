@@ -4,11 +4,13 @@ are multiplied by their trip counts).
     from flops import count_flops
     count = count_flops(jax.value_and_grad(loss), params, batch)   # arrays or jax.ShapeDtypeStruct
     count.total, count.by_primitive, count.unknown_trip_loops
+    count_flops(fn, *args, tag=source_tag({"stcl": r"stcl_jax/losses/(stcl|contrast)"})).by_tag["stcl"]
 
 What is counted: `dot_general` (2 x output elements x contracted size) and `conv_general_dilated` (2 x the
-multiply-adds on real inputs: padding and dilation holes excluded), the two primitives that hold a Swin/UperNet/STCL step's
-arithmetic; elementwise work, reductions and transcendentals are not (on an H100 they cost bandwidth, not
-tensor-core FLOPs, and MFU is defined over the model's matmul FLOPs).
+multiply-adds on real inputs: padding and dilation holes excluded), the two primitives that hold a Swin / UperNet
+/ STCL step's arithmetic; elementwise work, reductions and transcendentals are not (on an H100 they cost
+bandwidth, not tensor-core FLOPs, and MFU is defined over the model's matmul FLOPs). Rematerialised code
+(`jax.checkpoint`) is counted as executed, so with remat on this is the hardware FLOP count, not the model's.
 
 Sub-jaxprs: calls (pjit, closed_call, remat/checkpoint, custom_jvp_call, custom_vjp_call, shard_map, ...) are
 counted once per call; `scan` bodies x `length`; `cond` as its most expensive branch; `while` bodies x the static
@@ -21,6 +23,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import re
 from collections import Counter
 
 import jax
@@ -32,11 +35,32 @@ from jax.extend import core as jex_core
 class FlopCount:
     total: float = 0.0
     by_primitive: Counter = dataclasses.field(default_factory=Counter)
+    by_tag: Counter = dataclasses.field(default_factory=Counter)
     unknown_trip_loops: int = 0
 
-    def add(self, name: str, flops: float) -> None:
+    def add(self, name: str, tag: str, flops: float) -> None:
         self.total += flops
         self.by_primitive[name] += flops
+        self.by_tag[tag] += flops
+
+    def merge(self, other: "FlopCount") -> None:
+        self.total += other.total
+        self.by_primitive.update(other.by_primitive)
+        self.by_tag.update(other.by_tag)
+        self.unknown_trip_loops += other.unknown_trip_loops
+
+
+def source_tag(patterns: dict[str, str], default: str = "other"):
+    """tag(eqn): the first name whose regex matches a file of the equation's Python traceback (the code that
+    emitted it; JAX keeps the forward's traceback on the transposed, backward equations too), else `default`."""
+    compiled = [(name, re.compile(rx)) for name, rx in patterns.items()]
+
+    def tag(eqn) -> str:
+        tb = eqn.source_info.traceback
+        files = [f.file_name.replace("\\", "/") for f in tb.frames] if tb is not None else []
+        return next((name for name, rx in compiled if any(rx.search(f) for f in files)), default)
+
+    return tag
 
 
 def dot_general_flops(eqn) -> float:
@@ -118,43 +142,41 @@ def fori_trip_count(eqn) -> int | None:
     return None if lower is None or upper is None else max(upper - lower, 0)
 
 
-def _walk(jaxpr, multiplier: float, count: FlopCount) -> None:
+def _walk(jaxpr, multiplier: float, count: FlopCount, tag) -> None:
     for eqn in jaxpr.eqns:
         name = eqn.primitive.name
         if name in _COUNTERS:
-            count.add(name, multiplier * _COUNTERS[name](eqn))
+            count.add(name, tag(eqn), multiplier * _COUNTERS[name](eqn))
         elif name == "scan":
-            _walk(eqn.params["jaxpr"].jaxpr, multiplier * eqn.params["length"], count)
+            _walk(eqn.params["jaxpr"].jaxpr, multiplier * eqn.params["length"], count, tag)
         elif name == "cond":
             branches = []
             for branch in eqn.params["branches"]:
                 sub = FlopCount()
-                _walk(branch.jaxpr, multiplier, sub)
+                _walk(branch.jaxpr, multiplier, sub, tag)
                 branches.append(sub)
-            worst = max(branches, key=lambda c: c.total)
-            count.total += worst.total
-            count.by_primitive.update(worst.by_primitive)
-            count.unknown_trip_loops += worst.unknown_trip_loops
+            count.merge(max(branches, key=lambda c: c.total))
         elif name == "while":
             trips = fori_trip_count(eqn)
             if trips is None:
                 count.unknown_trip_loops += 1
                 trips = 1
-            _walk(eqn.params["body_jaxpr"].jaxpr, multiplier * trips, count)
+            _walk(eqn.params["body_jaxpr"].jaxpr, multiplier * trips, count, tag)
         else:  # pjit, closed_call, remat, custom_jvp_call, custom_vjp_call, shard_map, ...: once per call
             for sub in _sub_jaxprs(eqn.params):
-                _walk(sub, multiplier, count)
+                _walk(sub, multiplier, count, tag)
 
 
-def count_jaxpr(closed_jaxpr) -> FlopCount:
+def count_jaxpr(closed_jaxpr, tag=None) -> FlopCount:
     count = FlopCount()
-    _walk(_as_jaxpr(closed_jaxpr), 1.0, count)
+    _walk(_as_jaxpr(closed_jaxpr), 1.0, count, tag or (lambda eqn: "all"))
     return count
 
 
-def count_flops(fn, *args, **kwargs) -> FlopCount:
-    """FLOPs of `fn(*args, **kwargs)`; args may be arrays or jax.ShapeDtypeStruct (nothing is run)."""
-    return count_jaxpr(jax.make_jaxpr(fn)(*args, **kwargs))
+def count_flops(fn, *args, tag=None, **kwargs) -> FlopCount:
+    """FLOPs of `fn(*args, **kwargs)`; args may be arrays or jax.ShapeDtypeStruct (nothing is run). `tag(eqn)`
+    names the part each counted equation belongs to (`FlopCount.by_tag`), e.g. `source_tag(...)`."""
+    return count_jaxpr(jax.make_jaxpr(fn)(*args, **kwargs), tag)
 
 
-__all__ = ["FlopCount", "count_flops", "count_jaxpr", "dot_general_flops", "conv_flops", "fori_trip_count"]
+__all__ = ["FlopCount", "count_flops", "count_jaxpr", "source_tag", "dot_general_flops", "conv_flops", "fori_trip_count"]

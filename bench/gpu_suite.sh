@@ -103,7 +103,6 @@ train_sections() {
     "${train_flags[@]}" --profile-dir "$parts/prof_nostcl"
   section jax_train_stcl 200 "${jax_env[@]}" -- "$python" bench/train_step.py --stcl on "${size[@]}" \
     "${train_flags[@]}" --profile-dir "$parts/prof_stcl"
-  section resize_ce 60 "${jax_env[@]}" -- "$python" bench/resize_ce.py "${size[@]}"
 }
 
 torch_sections() {
@@ -117,6 +116,7 @@ torch_sections() {
 
 other_sections() {
   section stcl_loss 100 "${jax_env[@]}" -- "$python" bench/stcl_loss.py "${size[@]}"
+  section resize_ce 60 "${jax_env[@]}" -- "$python" bench/resize_ce.py "${size[@]}"
   local infer=(--settings single --score-frames 0)
   [ $smoke = 0 ] && infer+=(--dtype bfloat16 --frames 8)
   section inference_jax 100 "${jax_env[@]}" -- "$python" bench/inference.py --torch off "${infer[@]}" "${size[@]}" \
@@ -125,7 +125,7 @@ other_sections() {
     --compare-labels "$parts/inference_labels.npz"
   local workers=(--workers "4,8,16" --batches 10)
   [ $smoke = 1 ] && workers=(--workers "0,1")
-  section input_pipeline 90 -- "$python" bench/input_pipeline.py "${workers[@]}" "${size[@]}"
+  section input_pipeline 120 -- "$python" bench/input_pipeline.py "${workers[@]}" "${size[@]}"
 }
 
 section environment 30 -- "$python" bench/suite_report.py env

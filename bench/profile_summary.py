@@ -11,10 +11,10 @@ How it works (no TensorBoard / tensorboard_plugin_profile needed):
 3. `compiled.as_text()` gives each HLO instruction's opcode, fusion body, custom-call target and metadata
    (`op_name` = JAX name stack with Flax module paths, and the Python stack frames of the op).
 4. Category by the first rule that matches: STCL (a frame in stcl_jax/losses/stcl*.py or contrast*.py), CE
-   (losses/segmentation.py), resize (a frame function named *resize* / *upsample* / *interp*), optimizer (optax
-   or training/optim.py, or the `opt_state` / grad-norm part of the step), norm (flax normalization.py), attention/softmax
-   (inside `WindowAttention` but not its qkv/proj Dense layers), matmul/conv (dot, convolution, gemm/conv
-   custom calls and fusions around them), other.
+   (losses/segmentation.py), resize (a frame function named *resize* / *upsample* / *interp*), optimizer
+   (optax or training/optim.py, or the `opt_state` / grad-norm part of the step), norm (flax
+   normalization.py), attention/softmax (inside `WindowAttention` but not its qkv/proj Dense layers),
+   matmul/conv (dot, convolution, gemm/conv custom calls and fusions around them), other.
 Kernels whose event has no `hlo_op` (e.g. launched from a CUDA graph / command buffer) are "unattributed": the
 summary reports their share; if it is large, rerun with XLA_FLAGS=--xla_gpu_enable_command_buffer= .
 """

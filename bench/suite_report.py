@@ -129,6 +129,28 @@ def _fmt(v):
     return str(v)
 
 
+def derive(records: list[dict]) -> list[str]:
+    """Cross-section figures: torch MFU from the JAX no-STCL step's analytic FLOPs (the same network and loss
+    without STCL), and img/s ratios of the JAX steps to each torch mode. Returns readable lines."""
+    ok = {r["section"]: r["figures"] for r in records if r["status"] == "ok"}
+    lines = []
+    plain = ok.get("jax_train_nostcl", {})
+    flops, peak = plain.get("analytic_tflop_per_device"), plain.get("peak_tflops_used")
+    for r in records:
+        if r["status"] != "ok" or not r["section"].startswith("torch_"):
+            continue
+        f = r["figures"]
+        if flops and peak and f.get("step_ms"):
+            f["mfu_from_jax_analytic_flops"] = flops / (f["step_ms"] / 1e3) / peak
+        for jax_section in ("jax_train_stcl", "jax_train_nostcl"):
+            jax_rate = ok.get(jax_section, {}).get("img_per_s_per_device")
+            if jax_rate and f.get("img_per_s_per_device"):
+                ratio = jax_rate / f["img_per_s_per_device"]
+                f[f"{jax_section}_speedup"] = ratio
+                lines.append(f"{jax_section} / {r['section']}: {ratio:.2f}x img/s")
+    return lines
+
+
 def collect(out: str, parts: str) -> list[dict]:
     records = []
     for name, rc, seconds, timeout, shell_status in _read_sections(parts):
@@ -136,10 +158,13 @@ def collect(out: str, parts: str) -> list[dict]:
             r["section"] = name
             r["section_seconds"] = seconds
             records.append(r)
+    comparisons = derive(records)
     with open(os.path.join(out, "results.json"), "w") as f:
         json.dump(records, f, indent=1)
     with open(os.path.join(out, "results.md"), "w") as f:
         f.write(markdown(records))
+        if comparisons:
+            f.write("\nRatios (same device, same images per step):\n\n" + "".join(f"- {c}\n" for c in comparisons))
     return records
 
 

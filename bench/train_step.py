@@ -15,7 +15,7 @@ Reported (one record per variant, see bench/benchlib.py): compile s, XLA `memory
 temporaries), the device's peak bytes in use (a fresh process per variant, so the peak is this variant's; n/a
 on a CPU), img/s from `--steps` steps dispatched back to back with one block at the end of the timed window,
 analytic FLOPs of the step (bench/flops.py: dot_general + conv on the jaxpr, scan bodies x trip count, the STCL
-part counted separately) and XLA's `cost_analysis()` FLOPs beside them (it counts each loop body once), MFU =
+part found by the source file of each equation) and XLA's `cost_analysis()` FLOPs beside them (it counts each loop body once), MFU =
 analytic FLOPs / (step time x the device's dense peak, `--peak-tflops` to override), and with `--profile-dir` a
 3-step jax.profiler trace summarised by op category (bench/profile_summary.py).
 """
@@ -57,7 +57,8 @@ def parse_args(argv=None):
     p.add_argument("--profile-dir", "--profile", dest="profile_dir", default="",
                    help="write a jax.profiler trace of 3 steps here and summarise it by op category")
     p.add_argument("--timeout", type=float, default=0, help="per-variant process timeout (s) with --stcl both")
-    p.add_argument("--smoke", action="store_true", help="CPU size: Swin-micro, 32x32, 1 clip, float32, 2 steps")
+    p.add_argument("--smoke", action="store_true",
+                   help="CPU size: Swin-micro with one block per stage, 32x32, 1 clip, float32, 2 steps")
     p.add_argument("--json", default="", help="write the result records here")
     args = p.parse_args(argv)
     if args.smoke:
@@ -80,7 +81,9 @@ def make_config(args, stcl: bool):
         c.unlock()
     else:
         c = common.base_config()
-        c.model = common.model(args.size, window_size=WINDOW[args.size])
+        # --smoke: one block per stage (the smallest Swin with every code path) to keep CPU compilation short
+        depths = {"depths": (1, 1, 1, 1)} if args.smoke else {}
+        c.model = common.model(args.size, window_size=WINDOW[args.size], **depths)
     c.global_batch_size = args.clips_per_device * jax.local_device_count()
     c.data.num_frames = args.frames
     c.data.crop_size = (args.crop, args.crop)
@@ -133,20 +136,18 @@ def random_batch(spec: dict, num_classes: int, seed: int = 0) -> dict:
 
 
 # --------------------------------------------------------------------------------------------------- one variant
+STCL_SOURCES = r"stcl_jax/losses/(stcl|contrast)"  # the files of the STCL loss (any implementation)
+
+
 def analytic_flops(model, tx, schedule, config, abstract_state, abstract_batch) -> dict:
-    """Analytic FLOPs of the step with this config and of the same step without STCL (jaxpr only, nothing run)."""
+    """Analytic FLOPs of the step (jaxpr only, nothing run), with the STCL loss's part found by source file."""
     import flops
     from stcl_jax.training import loop
 
-    total = flops.count_flops(loop.make_train_step(model, tx, schedule, config), abstract_state, abstract_batch)
-    out = {"analytic_flops": total.total, "unknown_trip_loops": total.unknown_trip_loops}
-    if config.loss.stcl_weight:
-        plain = config.copy_and_resolve_references()
-        plain.unlock()
-        plain.loss.stcl_weight = 0.0
-        base = flops.count_flops(loop.make_train_step(model, tx, schedule, plain), abstract_state, abstract_batch)
-        out["analytic_stcl_flops"] = total.total - base.total
-    return out
+    count = flops.count_flops(loop.make_train_step(model, tx, schedule, config), abstract_state, abstract_batch,
+                              tag=flops.source_tag({"stcl": STCL_SOURCES}))
+    return {"analytic_flops": count.total, "analytic_stcl_flops": count.by_tag["stcl"],
+            "unknown_trip_loops": count.unknown_trip_loops}
 
 
 def time_steps(step, state, batch, steps: int, warmup: int):
@@ -194,8 +195,10 @@ def bench_variant(args, stcl: bool) -> dict:
     model = build_segmenter(c.model)
     tx, schedule = optim.make_optimizer(c)
     crop = tuple(c.data.crop_size)
+    t0 = time.perf_counter()
     abstract, shardings = state_lib.abstract_state_and_shardings(model, tx, (1, *crop, 3), mesh, c.mesh)
     state = state_lib.create_train_state(model, tx, (1, *crop, 3), 0, shardings)
+    init_s = time.perf_counter() - t0
     shapes = inputs.batch_spec(c, c.global_batch_size)
     step_fn = loop.make_train_step(model, tx, schedule, c)
     t0 = time.perf_counter()
@@ -205,8 +208,10 @@ def bench_variant(args, stcl: bool) -> dict:
     cost = step.cost_analysis()
     cost = cost[0] if isinstance(cost, (list, tuple)) else (cost or {})
     abstract_batch = {k: jax.ShapeDtypeStruct(s, d) for k, (s, d) in shapes.items()}
+    t0 = time.perf_counter()
     counted = analytic_flops(model, tx, schedule, c, ckpt_lib.abstract_with_shardings(abstract, shardings),
                              abstract_batch)
+    flop_count_s = time.perf_counter() - t0
     batch = mesh_lib.global_batch(random_batch(shapes, c.model.num_classes), mesh)
     elapsed, state, metrics = time_steps(step, state, batch, args.steps, args.warmup)
     step_s = elapsed / args.steps
@@ -214,10 +219,10 @@ def bench_variant(args, stcl: bool) -> dict:
     peak = benchlib.peak_tflops(dev.device_kind, args.dtype, args.peak_tflops)
     per_device = counted["analytic_flops"] / n_dev
     figures = {
-        "compile_s": compile_s, "step_ms": 1e3 * step_s, "img_per_s_per_device": images / step_s,
+        "init_s": init_s, "compile_s": compile_s, "flop_count_s": flop_count_s, "step_ms": 1e3 * step_s, "img_per_s_per_device": images / step_s,
         "images_per_device": images, "loss": float(metrics["loss"]),
         "analytic_tflop_per_device": per_device / 1e12,
-        "analytic_stcl_tflop_per_device": counted.get("analytic_stcl_flops", 0.0) / n_dev / 1e12,
+        "analytic_stcl_tflop_per_device": counted["analytic_stcl_flops"] / n_dev / 1e12,
         "xla_cost_analysis_tflop": float(cost.get("flops", 0.0)) / 1e12,
         "unknown_trip_loops": counted["unknown_trip_loops"],
         "peak_tflops_used": peak, "mfu": per_device / step_s / (peak * 1e12) if peak else None,
@@ -236,7 +241,9 @@ def bench_variant(args, stcl: bool) -> dict:
     if not peak:
         notes.append(f"MFU: n/a (no dense peak known for {dev.device_kind!r}; pass --peak-tflops)")
     if args.profile_dir:
+        t0 = time.perf_counter()
         figures["profile"] = profile_steps(step, state, batch, args.profile_dir)
+        figures["profile_s"] = time.perf_counter() - t0
     name = f"jax train step ({'STCL stride %d' % figures['stcl_stride'] if stcl else 'no STCL'})"
     return benchlib.record(name, "jax", f"{n_dev} x {dev.device_kind}", figures, notes=notes)
 

@@ -77,9 +77,10 @@ def test_train_step_figures(smoke):
         assert profile["share"]["unattributed"] < 0.05
     assert plain["analytic_stcl_tflop_per_device"] == 0 and plain["profile"]["per_step_ms"]["STCL"] == 0
     assert stcl["analytic_stcl_tflop_per_device"] > 0 and stcl["profile"]["per_step_ms"]["STCL"] > 0
-    # the same model; the STCL variant adds exactly the loss's FLOPs
-    assert stcl["analytic_tflop_per_device"] - plain["analytic_tflop_per_device"] == pytest.approx(
-        stcl["analytic_stcl_tflop_per_device"], rel=1e-6)
+    # the same model in another process: the STCL variant adds the loss's FLOPs (found by source file) and the
+    # projection head's backward (unused, so not differentiated, without STCL)
+    added = stcl["analytic_tflop_per_device"] - plain["analytic_tflop_per_device"]
+    assert stcl["analytic_stcl_tflop_per_device"] < added < 1.2 * stcl["analytic_stcl_tflop_per_device"]
     # the device peak is GPU-only: documented, not invented
     for r in (sections["jax_train_nostcl"][0], sections["jax_train_stcl"][0], sections["torch_eager"][0]):
         assert "device_peak_gib" not in r["figures"] and any("device peak: n/a" in n for n in r["notes"])

@@ -31,7 +31,8 @@ import re
 CATEGORIES = ("attention/softmax", "matmul/conv", "resize", "CE", "norm", "optimizer", "STCL", "other",
               "unattributed")
 
-_INSTR = re.compile(r"^\s*(?:ROOT\s+)?%?([\w.\-]+) = (?:\([^=]*?\)|\S+) ([a-z][\w\-]*)\(")
+_INSTR_NAME = re.compile(r"^\s*(?:ROOT\s+)?%?([\w.\-]+) = ")
+_OPCODE = re.compile(r"\s*([a-z][\w\-]*)\(")
 _COMPUTATION = re.compile(r"^\s*(?:ENTRY\s+)?%?([\w.\-]+) \(.*\) -> .*\{\s*$")
 _FILE = re.compile(r'^(\d+) "(.*)"$')
 _LOCATION = re.compile(r"^(\d+) \{file_name_id=(\d+) function_name_id=(\d+)")
@@ -67,10 +68,10 @@ def parse_hlo(text: str) -> dict:
         if m := _COMPUTATION.match(line):
             computation = m.group(1)
             continue
-        m = _INSTR.match(line)
-        if not m:
+        parsed = _instruction(line)
+        if not parsed:
             continue
-        name, opcode = m.groups()
+        name, opcode = parsed
         comp_ops[computation].add(opcode)
         target = re.search(r'custom_call_target="([^"]*)"', line)
         comp_targets[computation] += " " + (target.group(1) if target else "")
@@ -91,6 +92,26 @@ def parse_hlo(text: str) -> dict:
                               or bool(comp_ops.get(body, set()) & _MATMUL_OPS)
                               or bool(_MATMUL_TARGETS.search(comp_targets.get(body, ""))))
     return instrs
+
+
+def _instruction(line: str):
+    """(name, opcode) of an HLO instruction line `name = TYPE opcode(...)`, else None. TYPE may be a tuple
+    `(f32[2]{0}, /*index=5*/s32[])`, so it is skipped by matching parentheses, not by a pattern."""
+    m = _INSTR_NAME.match(line)
+    if not m:
+        return None
+    rest = line[m.end():]
+    if rest.startswith("("):
+        depth = 0
+        for i, ch in enumerate(rest):
+            depth += (ch == "(") - (ch == ")")
+            if depth == 0:
+                rest = rest[i + 1:]
+                break
+    else:
+        rest = rest.split(" ", 1)[1] if " " in rest else ""
+    op = _OPCODE.match(rest)
+    return (m.group(1), op.group(1)) if op else None
 
 
 def _frames(tables, frame_id) -> list[tuple[str, str]]:

@@ -23,7 +23,7 @@ import benchlib  # noqa: E402
 
 # Figures shown in the markdown table, in this order, where a record has them.
 KEY_FIGURES = ("img_per_s_per_device", "step_ms", "mfu", "mfu_xla_cost", "device_peak_gib",
-               "memory_analysis_peak_estimate_bytes_gib", "compile_s", "first_step_s", "analytic_tflop_per_device",
+               "memory_analysis_peak_estimate_gib", "compile_s", "first_step_s", "analytic_tflop_per_device",
                "analytic_stcl_tflop_per_device", "xla_cost_analysis_tflop", "stcl_stride", "old_ms", "new_ms",
                "speedup", "grad_rel_l2_diff", "jax_frames_per_s", "torch_frames_per_s", "agreement")
 

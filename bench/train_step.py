@@ -230,7 +230,8 @@ def bench_variant(args, stcl: bool) -> dict:
         "params_M": state_lib.param_count(state.params) / 1e6,
         "stcl_stride": c.model.projection.stride * c.loss.stcl_pool if stcl else 0,
         "projection_feature": c.model.projection.feature, "stcl_pool": c.loss.stcl_pool,
-        **{f"memory_analysis_{k.replace('_size_in_bytes', '')}_gib": v / 2 ** 30 for k, v in memory.items()},
+        **{f"memory_analysis_{k.replace('_size_in_bytes', '').replace('_bytes', '')}_gib": v / 2 ** 30
+           for k, v in memory.items()},
     }
     notes = []
     stats = dev.memory_stats()
@@ -240,9 +241,12 @@ def bench_variant(args, stcl: bool) -> dict:
         notes.append(f"device peak: n/a on {dev.platform} (memory_stats() has no peak_bytes_in_use)")
     if not peak:
         notes.append(f"MFU: n/a (no dense peak known for {dev.device_kind!r}; pass --peak-tflops)")
-    if args.profile_dir:
+    if args.profile_dir:  # a failed profile (e.g. a jax without ProfileData) must not lose the figures above
         t0 = time.perf_counter()
-        figures["profile"] = profile_steps(step, state, batch, args.profile_dir)
+        try:
+            figures["profile"] = profile_steps(step, state, batch, args.profile_dir)
+        except Exception as e:  # noqa: BLE001
+            notes.append(f"profile failed: {benchlib.error_status(e)}")
         figures["profile_s"] = time.perf_counter() - t0
     name = f"jax train step ({'STCL stride %d' % figures['stcl_stride'] if stcl else 'no STCL'})"
     return benchlib.record(name, "jax", f"{n_dev} x {dev.device_kind}", figures, notes=notes)

@@ -12,6 +12,10 @@ PyTorch: the same mmseg slide / multi-scale + flip procedure written in torch (e
 cuda:0 when present. Reported per setting: frames/s after warm-up, the process CPU seconds per frame (the stable
 figure on a shared CPU), the first call's time (JAX: includes compilation), and the fraction of pixels where the
 two frameworks predict the same class.
+
+Each framework can run in its own process (as bench/gpu_suite.sh does, so JAX's preallocated device memory never
+starves torch): `--torch off --labels-out L.npz` (JAX only), then `--jax off --compare-labels L.npz` (torch only,
+agreement against the saved JAX labels; both processes build the same weights from the same seed).
 """
 
 import argparse
@@ -23,7 +27,9 @@ import time
 import jax
 import numpy as np
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+import benchlib  # noqa: E402
 from stcl_jax.evaluation import inference  # noqa: E402
 
 SIZES = {  # embed_dim, depths, heads (Swin paper / mmseg), window as in the VSPW configs
@@ -50,10 +56,18 @@ def parse_args(argv=None):
     p.add_argument("--decoder-channels", type=int, default=512)
     p.add_argument("--settings", default="single,tta", help="which of single,tta to run (\"\" = none)")
     p.add_argument("--torch", default="on", choices=["on", "off"])
+    p.add_argument("--jax", default="on", choices=["on", "off"])
+    p.add_argument("--labels-out", default="", help="save the JAX predictions here (.npz) for --compare-labels")
+    p.add_argument("--compare-labels", default="", help="agreement of the torch predictions with these labels")
+    p.add_argument("--smoke", action="store_true", help="CPU size: Swin-micro, 48x64, crop 32, 2 frames")
     p.add_argument("--score-frames", type=int, default=64,
                    help="frames of one video scored by metrics.VSPWEvaluator (mIoU + VC8/16) to time it; 0 = skip")
-    p.add_argument("--json", default="")
-    return p.parse_args(argv)
+    p.add_argument("--json", default="", help="write the result records (bench/benchlib.py) here")
+    args = p.parse_args(argv)
+    if args.smoke:
+        args.size, args.height, args.width, args.crop, args.stride = "micro", 48, 64, 32, 24
+        args.frames, args.decoder_channels, args.score_frames, args.scales = 2, 32, 0, [0.75, 1.0]
+    return args
 
 
 def build_hf(args):
@@ -154,52 +168,64 @@ def main(argv=None):
     from stcl_jax.models import build_segmenter
 
     hf = build_hf(args)
-    variables, cfg = convert.from_hf_upernet(hf.state_dict())
-    if args.dtype == "bfloat16":
-        cfg.unlock()
-        cfg.dtype = "bfloat16"
-        cfg.lock()
-    members = [(inference.segmenter_apply(build_segmenter(cfg)), variables)]
+    if args.jax == "on":  # with --jax off nothing touches a JAX device (torch gets the whole GPU)
+        variables, cfg = convert.from_hf_upernet(hf.state_dict())
+        if args.dtype == "bfloat16":
+            cfg.unlock()
+            cfg.dtype = "bfloat16"
+            cfg.lock()
+        members = [(inference.segmenter_apply(build_segmenter(cfg)), variables)]
+        device = jax.devices()[0].device_kind
+        batch = max(args.batch_size, jax.local_device_count())
+    else:
+        import torch
+
+        device = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu"
+        batch = max(args.batch_size, 1)
     frames = np.random.default_rng(0).integers(0, 256, (args.frames, args.height, args.width, 3), np.uint8)
-    batch = max(args.batch_size, jax.local_device_count())
     settings = {"single": ("single scale", (1.0,), False),
                 "tta": (f"TTA {len(args.scales)} scales + flip", tuple(args.scales), True)}
     settings = [settings[k] for k in args.settings.split(",") if k]
     rows = []
     for name, scales, flip in settings:
-        pred = inference.Predictor(members, mode="slide", crop=(args.crop, args.crop),
-                                   stride=(args.stride, args.stride), scales=scales, flip=flip, batch_size=batch,
-                                   window_batch=args.window_batch)
-        jax_labels, jax_fps, jax_first, jax_cpu = time_predictor(pred, frames, pred.batch_size)
-        row = {"setting": name, "jax_frames_per_s": jax_fps, "jax_first_call_s": jax_first,
-               "jax_cpu_s_per_frame": jax_cpu}
+        row = {"setting": name}
+        if args.jax == "on":
+            pred = inference.Predictor(members, mode="slide", crop=(args.crop, args.crop),
+                                       stride=(args.stride, args.stride), scales=scales, flip=flip, batch_size=batch,
+                                       window_batch=args.window_batch)
+            jax_labels, jax_fps, jax_first, jax_cpu = time_predictor(pred, frames, pred.batch_size)
+            row.update(jax_frames_per_s=jax_fps, jax_first_call_s=jax_first, jax_cpu_s_per_frame=jax_cpu)
+            if args.labels_out:
+                np.savez_compressed(_labels_path(args.labels_out, name), labels=jax_labels)
+        else:
+            jax_labels = _load_labels(args.compare_labels, name)
         if args.torch == "on":
             torch_labels, torch_fps, torch_first, torch_cpu = time_predictor(
                 torch_predictor(hf, args, scales, flip), frames, batch)
-            row.update(torch_frames_per_s=torch_fps, torch_first_call_s=torch_first, torch_cpu_s_per_frame=torch_cpu,
-                       speedup=jax_fps / torch_fps, agreement=float((jax_labels == torch_labels).mean()))
+            row.update(torch_frames_per_s=torch_fps, torch_first_call_s=torch_first, torch_cpu_s_per_frame=torch_cpu)
+            if "jax_frames_per_s" in row:
+                row["speedup"] = row["jax_frames_per_s"] / torch_fps
+            if jax_labels is not None:
+                row["agreement"] = float((jax_labels == torch_labels).mean())
         rows.append(row)
         print(json.dumps(row), flush=True)
-    if args.score_frames > 0:
+    if args.score_frames > 0 and args.jax == "on":
         rows.append({"setting": "scoring", **time_scoring(args)})
         print(json.dumps(rows[-1]), flush=True)
-    info = {"device": jax.devices()[0].device_kind, "devices": jax.local_device_count(), "args": vars(args),
-            "windows_per_frame_at_1x": len(inference.window_grid((args.height, args.width), (args.crop,) * 2,
-                                                                 (args.stride,) * 2)), "results": rows}
-    print(f"\n{info['device']} x{info['devices']}, Swin-{args.size}, {args.height}x{args.width}, crop {args.crop}, "
-          f"stride {args.stride}, {args.dtype}")
-    for r in rows:
-        if r["setting"] == "scoring":
-            print(f"{'scoring (mIoU + VC8 + VC16)':<28} {r['score_frames_per_s']:.1f} frames/s, "
-                  f"{r['score_cpu_s_per_frame'] * 1e3:.1f} CPU ms/frame")
-            continue
-        extra = (f" | torch {r['torch_frames_per_s']:.3f} frames/s, {r['torch_cpu_s_per_frame']:.2f} CPU s/frame | "
-                 f"JAX/torch {r['speedup']:.2f}x | agreement {100 * r['agreement']:.3f}%") if "speedup" in r else ""
-        print(f"{r['setting']:<28} JAX {r['jax_frames_per_s']:.3f} frames/s, {r['jax_cpu_s_per_frame']:.2f} CPU "
-              f"s/frame (first call {r['jax_first_call_s']:.1f} s)" + extra)
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump(info, f, indent=1)
+    framework = "+".join(f for f in ("jax", "torch") if getattr(args, f) == "on")
+    records = [benchlib.record(f"inference {framework}, {r['setting']} (Swin-{args.size}, {args.height}x{args.width}, "
+                               f"crop {args.crop}, stride {args.stride}, {args.dtype})", framework, device,
+                               {k: v for k, v in r.items() if k != "setting"}) for r in rows]
+    benchlib.print_records(records)
+    benchlib.write_records(args.json, records)
+
+
+def _labels_path(path, setting):
+    return f"{path.removesuffix('.npz')}.{setting.split()[0]}.npz"
+
+
+def _load_labels(path, setting):
+    return np.load(_labels_path(path, setting))["labels"] if path else None
 
 
 if __name__ == "__main__":

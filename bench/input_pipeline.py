@@ -18,7 +18,9 @@ import time
 
 import numpy as np
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+import benchlib  # noqa: E402
 
 from stcl_jax.data import augment, build, pipeline, records, synthetic, vspw  # noqa: E402
 
@@ -76,7 +78,11 @@ def main():
     p.add_argument("--batch", type=int, default=2, help="clips per batch")
     p.add_argument("--batches", type=int, default=20, help="timed batches per setting")
     p.add_argument("--workers", default="0,2", help="comma-separated worker counts to time")
+    p.add_argument("--smoke", action="store_true", help="tiny CPU run: 48x64 frames, crop 32, workers 0,2")
+    p.add_argument("--json", default="", help="write the result records (bench/benchlib.py) here")
     a = p.parse_args()
+    if a.smoke:
+        a.size, a.videos, a.frames, a.crop, a.batches, a.workers = (48, 64), 2, 4, 32, 2, "0,2"
 
     from absl import flags
     flags.FLAGS.mark_as_parsed()
@@ -89,6 +95,9 @@ def main():
         cfg = pipeline.default_data_config()
         cfg.dir, cfg.crop_size, cfg.num_frames = data, (a.crop, a.crop), a.clip_length
         (dec_wall, dec_cpu), aug = microbench(data, cfg)
+        device = f"host, {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f} before timing"
+        figures = {"decode_cpu_ms_per_frame": 1e3 * dec_cpu,
+                   **{f"augment_{form}_cpu_ms_per_frame": 1e3 * cpu for form, (_, cpu) in aug.items()}}
         for form, (aug_wall, aug_cpu) in aug.items():
             print(f"[{form} output] one process, wall: decode {1e3 * dec_wall:.1f} ms/frame (JPEG+PNG), augmentation "
                   f"{1e3 * aug_wall:.1f} ms/frame -> {1 / (dec_wall + aug_wall):.1f} frames/s")
@@ -103,6 +112,11 @@ def main():
                 form = "uint8, normalised on device" if device_normalize else "float32"
                 print(f"loader ({label}, {form}): {fps:.1f} frames/s  (crop {a.crop}, clip {a.clip_length}, "
                       f"batch {a.batch}, {a.batches} batches, {os.cpu_count()} CPUs)", flush=True)
+                figures[f"loader_{w}_workers_{'uint8' if device_normalize else 'float32'}_frames_per_s"] = fps
+        name = f"input pipeline ({a.size[0]}x{a.size[1]} -> crop {a.crop}, workers {a.workers})"
+        records = [benchlib.record(name, "grain", device, figures)]
+        benchlib.print_records(records)
+        benchlib.write_records(a.json, records)
 
 
 if __name__ == "__main__":

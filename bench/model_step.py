@@ -8,15 +8,22 @@ CE(logits) + 0.4 * CE(aux logits) w.r.t. all parameters, on random inputs and la
 update, in both frameworks. Both models are built from the same `model_config` (weights random). bf16 means
 bf16 compute with fp32 parameters: Flax `dtype=bfloat16`, PyTorch `torch.autocast(bfloat16)`. Timing: `--warmup`
 untimed steps (the first compiles), then `--iters` steps; JAX dispatches them asynchronously and blocks on the
-last one, PyTorch synchronises CUDA at the end. Peak memory is the device's (JAX `memory_stats()`, torch
-`max_memory_allocated`) where the backend reports it, otherwise "n/a". Prints a table and writes `--json`.
+last one, PyTorch synchronises CUDA at the end. Each framework runs in its own process (this script re-runs itself
+with one `--frameworks` entry), so JAX's preallocated device memory never starves torch and each peak is its own.
+Peak memory is the device's (JAX `memory_stats()`, torch `max_memory_allocated` after `reset_peak_memory_stats`)
+where the backend reports it, otherwise "n/a". PyTorch runs channels_last with cudnn.benchmark on a GPU. Prints a
+table and writes `--json`.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import resource
+import subprocess
+import sys
+import tempfile
 import time
 
 import jax
@@ -85,11 +92,12 @@ def torch_step_benchmark(cfg, args, compiled: bool) -> dict:
     import torch
 
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    model = hf_model(cfg).to(device).train()
+    torch.backends.cudnn.benchmark = True
+    model = hf_model(cfg).to(device, memory_format=torch.channels_last).train()
     rng = np.random.RandomState(0)
     images = torch.from_numpy(rng.randn(args.batch, 3, args.image_size, args.image_size).astype(np.float32))
     labels = torch.from_numpy(rng.randint(0, cfg.num_classes, (args.batch, args.image_size, args.image_size)))
-    images, labels = images.to(device), labels.to(device)
+    images, labels = images.to(device).contiguous(memory_format=torch.channels_last), labels.to(device)
     dtype = torch.bfloat16 if args.dtype == "bfloat16" else torch.float32
 
     def step(images, labels):
@@ -120,6 +128,27 @@ def torch_step_benchmark(cfg, args, compiled: bool) -> dict:
             "loss": float(loss.detach().float())}
 
 
+def run_in_own_process(framework: str, argv) -> dict:
+    """This script with `--frameworks framework` in a fresh process; its one result (or the failure)."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    keep, skip = [], False
+    for a in argv:  # drop --frameworks / --json and their values
+        if skip:
+            skip = False
+        elif a in ("--frameworks", "--json"):
+            skip = True
+        elif not a.startswith(("--frameworks=", "--json=")):
+            keep.append(a)
+    with tempfile.TemporaryDirectory() as tmp:
+        out = os.path.join(tmp, "result.json")
+        proc = subprocess.run([sys.executable, os.path.abspath(__file__), *keep, "--frameworks", framework,
+                               "--json", out])
+        if not os.path.exists(out):
+            return {"framework": framework, "error": f"exit code {proc.returncode}, no result"}
+        with open(out) as f:
+            return json.load(f)["results"][0]
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--size", default="large", help="micro | tiny | small | base | large")
@@ -137,11 +166,18 @@ def main(argv=None):
 
     cfg = model_config(args.size, window_size=args.window_size, num_classes=args.num_classes, dtype=args.dtype,
                        remat=args.remat)
-    print(f"backend {jax.default_backend()} ({jax.devices()[0].device_kind}); Swin-{cfg.size} UperNet "
-          f"window {args.window_size}, {args.image_size}x{args.image_size}, batch {args.batch}, {args.dtype}, "
+    frameworks = args.frameworks.split(",")
+    # Only a JAX-only process may touch a JAX device (JAX preallocates most of a GPU on first use).
+    backend = f"{jax.default_backend()} ({jax.devices()[0].device_kind})" if frameworks == ["jax"] else "-"
+    print(f"backend {backend}; Swin-{cfg.size} UperNet window {args.window_size}, "
+          f"{args.image_size}x{args.image_size}, batch {args.batch}, {args.dtype}, "
           f"remat {args.remat}, warmup {args.warmup}, iters {args.iters}", flush=True)
     results = []
-    for fw in args.frameworks.split(","):
+    for fw in frameworks:
+        if len(frameworks) > 1:
+            results.append(run_in_own_process(fw, argv))
+            print(json.dumps(results[-1]), flush=True)
+            continue
         try:
             if fw == "jax":
                 r = jax_step_benchmark(cfg, args)
@@ -164,10 +200,10 @@ def main(argv=None):
     for ref in ("torch-eager", "torch-compile"):
         if "jax" in by and ref in by:
             print(f"jax / {ref} throughput: {by['jax']['img_per_s'] / by[ref]['img_per_s']:.2f}x")
-    print(f"host max RSS {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20:.2f} GiB")
+    print(f"host max RSS {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20:.2f} GiB (this process)")
     if args.json:
         with open(args.json, "w") as f:
-            json.dump({"args": vars(args), "backend": jax.default_backend(), "results": results}, f, indent=2)
+            json.dump({"args": vars(args), "backend": backend, "results": results}, f, indent=2)
 
 
 if __name__ == "__main__":

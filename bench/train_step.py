@@ -1,93 +1,124 @@
-"""Train-step benchmark: our JAX step (Swin + UperNet + aux + STCL, AdamW) vs HF PyTorch UperNet-Swin.
+"""Train-step benchmark of our JAX step (Swin + UperNet + aux + STCL, AdamW), one variant per process.
 
-    python bench/train_step.py                        # the issue's setting: Swin-L, 768x768, 8 images/device, bf16
-    python bench/train_step.py --size micro --crop 64 --clips_per_device 1 --steps 3 --dtype float32   # CPU-sized
+    python bench/train_step.py                       # Swin-L, 768x768, 4 clips x 2 frames, bf16: STCL on and off,
+                                                     # each in its own process
+    python bench/train_step.py --stcl off --profile-dir /tmp/prof    # one variant + a 3-step profile
+    python bench/train_step.py --smoke               # the same code path at a CPU size (Swin-micro, 32x32)
 
-JAX: the real `stcl_jax.training.loop.make_train_step` (compiled once, donated state, data-parallel over the local
-devices) on random clips of `--frames` frames (images per device = clips x frames), with the STCL term and without
-it (the same work as the PyTorch step). PyTorch: `transformers.UperNetForSemanticSegmentation` with a Swin
-backbone of the same size (random weights, no download), CE + 0.4 aux CE, AdamW, autocast to `--dtype`, eager
-and `torch.compile`, on one device (cuda:0 when present).
+The step is the real `stcl_jax.training.loop.make_train_step` (AOT-compiled once, donated state, data-parallel over
+the local devices) on random clips. The config is configs/swin_l.py for `--size large` (common.base_config +
+common.model otherwise), so the STCL placement is the training default unless `--stcl-feature` (->
+model.projection.feature), `--stcl-pool` (-> loss.stcl_pool) or `--stcl-impl` (-> loss.stcl_implementation, where
+the config has that field) say otherwise.
 
-Reported per variant: step time (median), img/s per device, peak memory, and MFU = XLA's FLOP count of the step
-(`compiled.cost_analysis()`) / step time / the device's peak (`--peak_tflops`; known for H100/H200/A100 bf16).
-The PyTorch MFU uses the FLOP count of our step without STCL (same architecture). `--profile DIR` writes a
-jax.profiler trace of a few JAX steps (open with TensorBoard / Perfetto) to see what dominates the step.
+Reported (one record per variant, see bench/benchlib.py): compile s, XLA `memory_analysis()` (arguments, outputs,
+temporaries), the device's peak bytes in use (a fresh process per variant, so the peak is this variant's; n/a
+on a CPU), img/s from `--steps` steps dispatched back to back with one block at the end of the timed window,
+analytic FLOPs of the step (bench/flops.py: dot_general + conv on the jaxpr, scan bodies x trip count, the STCL
+part found by the source file of each equation) and XLA's `cost_analysis()` FLOPs beside them (it counts each loop body once), MFU =
+analytic FLOPs / (step time x the device's dense peak, `--peak-tflops` to override), and with `--profile-dir` a
+3-step jax.profiler trace summarised by op category (bench/profile_summary.py).
 """
 
+from __future__ import annotations
+
 import argparse
-import json
 import os
-import statistics
 import sys
 import time
 
-import jax
-import jax.numpy as jnp
-import numpy as np
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, HERE)
+sys.path.insert(0, os.path.join(HERE, "..", "configs"))
+sys.path.insert(0, os.path.join(HERE, ".."))
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "configs"))
-import common  # noqa: E402
+import benchlib  # noqa: E402
 
-from stcl_jax.models import build_segmenter, model_config  # noqa: E402
-from stcl_jax.training import inputs, loop, mesh as mesh_lib, optim, state as state_lib  # noqa: E402
-
-# Dense bf16 peak TFLOP/s per device (vendor datasheets, SXM parts).
-PEAK_TFLOPS = {"H100": 989.0, "H200": 989.0, "A100": 312.0, "L40S": 362.0}
-WINDOW = {"micro": 4, "tiny": 7, "small": 7, "base": 7, "large": 12}
+WINDOW = {"micro": 4, "tiny": 7, "small": 7, "base": 12, "large": 12}
 
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--stcl", default="both", choices=["on", "off", "both"],
+                   help="with the STCL term, without it, or both (each in its own process)")
     p.add_argument("--size", default="large", choices=sorted(WINDOW))
     p.add_argument("--crop", type=int, default=768)
-    p.add_argument("--clips_per_device", type=int, default=4)
+    p.add_argument("--clips-per-device", "--clips_per_device", dest="clips_per_device", type=int, default=4)
     p.add_argument("--frames", type=int, default=2, help="frames per clip (query + references)")
     p.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float32"])
-    p.add_argument("--steps", type=int, default=10, help="timed steps")
-    p.add_argument("--warmup", type=int, default=3, help="untimed steps after compilation")
+    p.add_argument("--steps", type=int, default=10, help="timed steps, dispatched back to back")
+    p.add_argument("--warmup", type=int, default=2, help="untimed steps after compilation")
     p.add_argument("--remat", action="store_true", help="rematerialise Swin blocks (less memory, more FLOPs)")
-    p.add_argument("--torch", default="eager,compile", help="PyTorch variants to run: eager,compile or none")
-    p.add_argument("--peak_tflops", type=float, default=0.0, help="device peak; 0 = from the device name")
-    p.add_argument("--profile", default="", help="directory for a jax.profiler trace of 3 steps")
-    p.add_argument("--json", default="", help="write the results here")
-    return p.parse_args(argv)
+    p.add_argument("--stcl-feature", default="", help="model.projection.feature (fused, stage1..stage4)")
+    p.add_argument("--stcl-pool", type=int, default=0, help="loss.stcl_pool (0 = the config's)")
+    p.add_argument("--stcl-impl", default="", help="loss.stcl_implementation (where the config has it)")
+    p.add_argument("--peak-tflops", "--peak_tflops", dest="peak_tflops", type=float, default=0.0,
+                   help="device peak; 0 = from the device kind")
+    p.add_argument("--profile-dir", "--profile", dest="profile_dir", default="",
+                   help="write a jax.profiler trace of 3 steps here and summarise it by op category")
+    p.add_argument("--timeout", type=float, default=0, help="per-variant process timeout (s) with --stcl both")
+    p.add_argument("--smoke", action="store_true",
+                   help="CPU size: Swin-micro with one block per stage, 32x32, 1 clip, float32, 2 steps")
+    p.add_argument("--json", default="", help="write the result records here")
+    args = p.parse_args(argv)
+    if args.smoke:
+        args.size, args.crop, args.clips_per_device, args.dtype = "micro", 32, 1, "float32"
+        args.steps, args.warmup = 2, 1
+    return args
 
 
-def peak_tflops(args, device_kind: str) -> float:
-    if args.peak_tflops:
-        return args.peak_tflops
-    for name, value in PEAK_TFLOPS.items():
-        if name in device_kind:
-            return value if args.dtype == "bfloat16" else value / 2  # TF32 dense is half the bf16 rate
-    return 0.0
+# ------------------------------------------------------------------------------------------------------ config
+def make_config(args, stcl: bool):
+    """The training config of `--size` at the bench's batch and crop, with the STCL overrides applied."""
+    import jax
 
+    import common
 
-def timed(fn, steps: int, warmup: int) -> list[float]:
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(steps):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return times
+    if args.size == "large":
+        import swin_l
 
-
-# ----------------------------------------------------------------------------------------------------------- JAX
-def jax_config(args, stcl: bool):
-    c = common.base_config()
+        c = swin_l.get_config()
+        c.unlock()
+    else:
+        c = common.base_config()
+        # --smoke: one block per stage (the smallest Swin with every code path) to keep CPU compilation short
+        depths = {"depths": (1, 1, 1, 1)} if args.smoke else {}
+        c.model = common.model(args.size, window_size=WINDOW[args.size], **depths)
     c.global_batch_size = args.clips_per_device * jax.local_device_count()
     c.data.num_frames = args.frames
     c.data.crop_size = (args.crop, args.crop)
-    c.loss.stcl_weight = 0.2 if stcl else 0.0
-    c.model = model_config(args.size, window_size=WINDOW[args.size], dtype=args.dtype, remat=args.remat)
+    if not stcl:
+        c.loss.stcl_weight = 0.0
+    apply_stcl_overrides(c, args)
+    c.model.unlock()
+    c.model.dtype = args.dtype
+    c.model.remat = args.remat
     c.lock()
     return c
 
 
+def apply_stcl_overrides(c, args) -> None:
+    """--stcl-feature / --stcl-pool / --stcl-impl onto an unlocked config; a clear error for a missing field."""
+    from stcl_jax.models import config as model_config_lib
+
+    if args.stcl_feature:
+        c.model.unlock()
+        c.model.projection.feature = args.stcl_feature
+        c.model.projection.stride = model_config_lib.projection_stride(args.stcl_feature, c.model.swin.patch_size)
+        model_config_lib.validate(c.model)
+    if args.stcl_pool:
+        c.loss.stcl_pool = args.stcl_pool
+    if args.stcl_impl:
+        if "stcl_implementation" not in c.loss:
+            raise SystemExit(f"--stcl-impl {args.stcl_impl!r}: this version's config has no "
+                             f"loss.stcl_implementation field (fields: {sorted(c.loss.keys())})")
+        c.loss.stcl_implementation = args.stcl_impl
+
+
 def random_batch(spec: dict, num_classes: int, seed: int = 0) -> dict:
     """A batch of the step's input spec (stcl_jax.training.inputs.batch_spec) with random content."""
+    import numpy as np
+
     rng = np.random.default_rng(seed)
     out = {}
     for k, (shape, dtype) in spec.items():
@@ -104,116 +135,161 @@ def random_batch(spec: dict, num_classes: int, seed: int = 0) -> dict:
     return out
 
 
-def bench_jax(args, stcl: bool) -> dict:
-    c = jax_config(args, stcl)
+# --------------------------------------------------------------------------------------------------- one variant
+STCL_SOURCES = r"stcl_jax/losses/(stcl|contrast)"  # the files of the STCL loss (any implementation)
+
+
+def analytic_flops(model, tx, schedule, config, abstract_state, abstract_batch) -> dict:
+    """Analytic FLOPs of the step (jaxpr only, nothing run), with the STCL loss's part found by source file."""
+    import flops
+    from stcl_jax.training import loop
+
+    count = flops.count_flops(loop.make_train_step(model, tx, schedule, config), abstract_state, abstract_batch,
+                              tag=flops.source_tag({"stcl": STCL_SOURCES}))
+    return {"analytic_flops": count.total, "analytic_stcl_flops": count.by_tag["stcl"],
+            "unknown_trip_loops": count.unknown_trip_loops}
+
+
+def time_steps(step, state, batch, steps: int, warmup: int):
+    """(seconds for `steps` steps dispatched back to back, the final state); one block per window."""
+    import jax
+
+    for _ in range(warmup):
+        state, metrics = step(state, batch)
+    jax.block_until_ready((state, metrics))
+    t0 = time.perf_counter()
+    for _ in range(steps):
+        state, metrics = step(state, batch)
+    jax.block_until_ready((state, metrics))
+    return time.perf_counter() - t0, state, metrics
+
+
+def profile_steps(step, state, batch, trace_dir: str, steps: int = 3) -> dict:
+    import jax
+
+    import profile_summary
+
+    jax.profiler.start_trace(trace_dir)
+    for _ in range(steps):
+        state, metrics = step(state, batch)
+    jax.block_until_ready((state, metrics))
+    jax.profiler.stop_trace()
+    hlo = step.as_text()
+    with open(os.path.join(trace_dir, "train_step.hlo.txt"), "w") as f:
+        f.write(hlo)
+    summary = profile_summary.summarize(trace_dir, hlo, steps=steps)
+    return summary
+
+
+def bench_variant(args, stcl: bool) -> dict:
+    import jax
+
+    from stcl_jax.models import build_segmenter
+    from stcl_jax.training import checkpoint as ckpt_lib
+    from stcl_jax.training import inputs, loop, mesh as mesh_lib, optim, state as state_lib
+
+    c = make_config(args, stcl)
+    dev = jax.local_devices()[0]
+    n_dev = jax.local_device_count()
     mesh = mesh_lib.make_mesh(jax.local_devices())
     model = build_segmenter(c.model)
     tx, schedule = optim.make_optimizer(c)
-    crop, g, t = tuple(c.data.crop_size), c.global_batch_size, c.data.num_frames
+    crop = tuple(c.data.crop_size)
+    t0 = time.perf_counter()
     abstract, shardings = state_lib.abstract_state_and_shardings(model, tx, (1, *crop, 3), mesh, c.mesh)
     state = state_lib.create_train_state(model, tx, (1, *crop, 3), 0, shardings)
-    shapes = inputs.batch_spec(c, g)
+    init_s = time.perf_counter() - t0
+    shapes = inputs.batch_spec(c, c.global_batch_size)
+    step_fn = loop.make_train_step(model, tx, schedule, c)
     t0 = time.perf_counter()
-    step = loop.compile_train_step(loop.make_train_step(model, tx, schedule, c), abstract, shardings, shapes, mesh)
+    step = loop.compile_train_step(step_fn, abstract, shardings, shapes, mesh)
     compile_s = time.perf_counter() - t0
     memory = loop.log_memory(step)
     cost = step.cost_analysis()
-    cost = cost[0] if isinstance(cost, (list, tuple)) else cost
-    flops = float(cost.get("flops", 0.0)) if cost else 0.0
-    batch = mesh_lib.global_batch(random_batch(shapes, c.model.num_classes), mesh)
-    holder = {"state": state}
-
-    def run():
-        holder["state"], metrics = step(holder["state"], batch)
-        jax.block_until_ready(metrics["loss"])
-
-    times = timed(run, args.steps, args.warmup)
-    if args.profile and stcl:
-        jax.profiler.start_trace(args.profile)
-        timed(run, 3, 0)
-        jax.profiler.stop_trace()
-    stats = jax.local_devices()[0].memory_stats() or {}
-    n_dev = jax.local_device_count()
-    return {"name": f"jax{'' if stcl else ' (no STCL)'}", "step_s": statistics.median(times),
-            "images_per_device": args.clips_per_device * t, "compile_s": compile_s,
-            "flops_per_device": flops / n_dev if flops else 0.0, "params_M": state_lib.param_count(
-                holder["state"].params) / 1e6, "peak_bytes": stats.get("peak_bytes_in_use") or
-            memory.get("peak_estimate_bytes", 0), "peak_source": "device" if stats else "compiled estimate"}
-
-
-# --------------------------------------------------------------------------------------------------------- torch
-def bench_torch(args, mode: str) -> dict:
-    import torch
-    from transformers import SwinConfig, UperNetConfig, UperNetForSemanticSegmentation
-
-    m = model_config(args.size, window_size=WINDOW[args.size])
-    backbone = SwinConfig(embed_dim=m.swin.embed_dim, depths=list(m.swin.depths), num_heads=list(m.swin.num_heads),
-                          window_size=m.swin.window_size, drop_path_rate=0.3,
-                          out_features=["stage1", "stage2", "stage3", "stage4"])
-    cfg = UperNetConfig(backbone_config=backbone, num_labels=m.num_classes, hidden_size=m.decoder.channels,
-                        auxiliary_channels=m.aux.channels, use_auxiliary_head=True, auxiliary_loss_weight=0.4,
-                        loss_ignore_index=255)
-    device = torch.device("cuda:0" if torch.cuda.is_available() else "cpu")
-    model = UperNetForSemanticSegmentation(cfg).to(device).train()
-    opt = torch.optim.AdamW(model.parameters(), lr=7e-5, weight_decay=0.01)
-    fwd = torch.compile(model) if mode == "compile" else model
-    n = args.clips_per_device * args.frames
-    x = torch.randn(n, 3, args.crop, args.crop, device=device)
-    y = torch.randint(0, m.num_classes, (n, args.crop, args.crop), device=device)
-    dtype = torch.bfloat16 if args.dtype == "bfloat16" else torch.float32
-    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
-
-    def run():
-        with torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32):
-            loss = fwd(pixel_values=x, labels=y).loss
-        loss.backward()
-        opt.step()
-        opt.zero_grad(set_to_none=True)
-        sync()
-
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats()
+    cost = cost[0] if isinstance(cost, (list, tuple)) else (cost or {})
+    abstract_batch = {k: jax.ShapeDtypeStruct(s, d) for k, (s, d) in shapes.items()}
     t0 = time.perf_counter()
-    run()  # the first call compiles in "compile" mode
-    first_s = time.perf_counter() - t0
-    times = timed(run, args.steps, max(args.warmup - 1, 0))
-    peak = torch.cuda.max_memory_allocated() if device.type == "cuda" else 0
-    return {"name": f"torch {mode}", "step_s": statistics.median(times), "images_per_device": n,
-            "compile_s": first_s, "params_M": sum(p.numel() for p in model.parameters()) / 1e6,
-            "peak_bytes": peak, "peak_source": "torch.cuda" if peak else "n/a on cpu"}
+    counted = analytic_flops(model, tx, schedule, c, ckpt_lib.abstract_with_shardings(abstract, shardings),
+                             abstract_batch)
+    flop_count_s = time.perf_counter() - t0
+    batch = mesh_lib.global_batch(random_batch(shapes, c.model.num_classes), mesh)
+    elapsed, state, metrics = time_steps(step, state, batch, args.steps, args.warmup)
+    step_s = elapsed / args.steps
+    images = args.clips_per_device * args.frames
+    peak = benchlib.peak_tflops(dev.device_kind, args.dtype, args.peak_tflops)
+    per_device = counted["analytic_flops"] / n_dev
+    figures = {
+        "init_s": init_s, "compile_s": compile_s, "flop_count_s": flop_count_s, "step_ms": 1e3 * step_s, "img_per_s_per_device": images / step_s,
+        "images_per_device": images, "loss": float(metrics["loss"]),
+        "analytic_tflop_per_device": per_device / 1e12,
+        "analytic_stcl_tflop_per_device": counted["analytic_stcl_flops"] / n_dev / 1e12,
+        "xla_cost_analysis_tflop": float(cost.get("flops", 0.0)) / 1e12,
+        "unknown_trip_loops": counted["unknown_trip_loops"],
+        "peak_tflops_used": peak, "mfu": per_device / step_s / (peak * 1e12) if peak else None,
+        "mfu_xla_cost": float(cost.get("flops", 0.0)) / step_s / (peak * 1e12) if peak else None,
+        "params_M": state_lib.param_count(state.params) / 1e6,
+        "stcl_stride": c.model.projection.stride * c.loss.stcl_pool if stcl else 0,
+        "projection_feature": c.model.projection.feature, "stcl_pool": c.loss.stcl_pool,
+        **{f"memory_analysis_{k.replace('_size_in_bytes', '').replace('_bytes', '')}_gib": v / 2 ** 30
+           for k, v in memory.items()},
+    }
+    notes = []
+    stats = dev.memory_stats()
+    if stats and stats.get("peak_bytes_in_use"):
+        figures["device_peak_gib"] = stats["peak_bytes_in_use"] / 2 ** 30
+    else:
+        notes.append(f"device peak: n/a on {dev.platform} (memory_stats() has no peak_bytes_in_use)")
+    if not peak:
+        notes.append(f"MFU: n/a (no dense peak known for {dev.device_kind!r}; pass --peak-tflops)")
+    if args.profile_dir:  # a failed profile (e.g. a jax without ProfileData) must not lose the figures above
+        t0 = time.perf_counter()
+        try:
+            figures["profile"] = profile_steps(step, state, batch, args.profile_dir)
+        except Exception as e:  # noqa: BLE001
+            notes.append(f"profile failed: {benchlib.error_status(e)}")
+        figures["profile_s"] = time.perf_counter() - t0
+    name = f"jax train step ({'STCL stride %d' % figures['stcl_stride'] if stcl else 'no STCL'})"
+    return benchlib.record(name, "jax", f"{n_dev} x {dev.device_kind}", figures, notes=notes)
 
 
-# ---------------------------------------------------------------------------------------------------------- main
+# ----------------------------------------------------------------------------------------------------------- main
 def main(argv=None):
     args = parse_args(argv)
-    dev = jax.local_devices()[0]
-    peak = peak_tflops(args, dev.device_kind)
-    print(f"device: {jax.local_device_count()} x {dev.device_kind} ({jax.default_backend()}), jax {jax.__version__}; "
-          f"Swin-{args.size} {args.crop}x{args.crop}, {args.clips_per_device} clips x {args.frames} frames per "
-          f"device, {args.dtype}, median of {args.steps} steps", flush=True)
-    results = [bench_jax(args, stcl=True), bench_jax(args, stcl=False)]
-    for mode in [m for m in args.torch.split(",") if m and m != "none"]:
-        results.append(bench_torch(args, mode))
-    ref_flops = results[1]["flops_per_device"]
-    for r in results:
-        r["img_per_s_per_device"] = r["images_per_device"] / r["step_s"]
-        flops = r.get("flops_per_device") or ref_flops
-        r["mfu"] = flops / r["step_s"] / (peak * 1e12) if peak and flops else None
-    print(f"{'variant':18s} {'step ms':>9s} {'img/s/dev':>10s} {'MFU':>7s} {'peak MiB':>9s} {'compile s':>10s} "
-          f"{'params M':>9s}")
-    for r in results:
-        mfu = f"{100 * r['mfu']:.1f}%" if r["mfu"] is not None else "n/a"
-        print(f"{r['name']:18s} {1e3 * r['step_s']:9.1f} {r['img_per_s_per_device']:10.2f} {mfu:>7s} "
-              f"{r['peak_bytes'] / 2 ** 20:9.0f} {r['compile_s']:10.1f} {r['params_M']:9.2f}")
-    by_name = {r["name"]: r for r in results}
-    if "torch compile" in by_name:
-        ratio = by_name["jax"]["img_per_s_per_device"] / by_name["torch compile"]["img_per_s_per_device"]
-        print(f"jax (with STCL) / torch.compile throughput: {ratio:.2f}x (goal >= 2x)")
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump({"args": vars(args), "device": dev.device_kind, "peak_tflops": peak, "results": results}, f,
-                      indent=1)
-    return results
+    if args.stcl == "both":  # each variant in a fresh process: its own device memory, peak and allocator state
+        argv = list(sys.argv[1:] if argv is None else argv)
+        base = [a for a in _strip(argv, ("--stcl", "--json", "--profile-dir", "--profile", "--timeout"))]
+        records = []
+        for variant in ("on", "off"):
+            records += benchlib.run_isolated(__file__, [*base, "--stcl", variant], args.timeout)
+    else:
+        import jax
+
+        print(f"jax {jax.__version__}, {jax.local_device_count()} x {jax.local_devices()[0].device_kind}; "
+              f"Swin-{args.size} {args.crop}x{args.crop}, {args.clips_per_device} clips x {args.frames} frames per "
+              f"device, {args.dtype}, STCL {args.stcl}, {args.steps} steps back to back", flush=True)
+        try:
+            records = [bench_variant(args, args.stcl == "on")]
+        except SystemExit:
+            raise
+        except Exception as e:  # noqa: BLE001 - a failed variant is a result too (e.g. out of memory)
+            records = [benchlib.record(f"jax train step (STCL {args.stcl})", "jax", "?",
+                                       status=benchlib.error_status(e))]
+    benchlib.print_records(records)
+    benchlib.write_records(args.json, records)
+    return records
+
+
+def _strip(argv, options):
+    """argv without the given options (and their values)."""
+    out, skip = [], False
+    for a in argv:
+        if skip:
+            skip = False
+        elif a in options:
+            skip = True
+        elif not any(a.startswith(o + "=") for o in options):
+            out.append(a)
+    return out
 
 
 if __name__ == "__main__":

@@ -143,3 +143,10 @@ def test_batchnorm_statistics_cover_the_global_sharded_batch():
     res = subprocess.run([sys.executable, "-c", _SHARDED_BN], env=env, capture_output=True, text=True,
                          timeout=600, cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     assert res.returncode == 0 and "SHARDED_BN_OK" in res.stdout, res.stderr[-3000:]
+
+
+def test_attention_impl_is_validated():
+    cfg = model_config("micro", window_size=4)
+    assert cfg.attention_impl == "xla"
+    with pytest.raises(ValueError, match="attention_impl='flash'"):
+        model_config("micro", window_size=4, attention_impl="flash")

@@ -17,7 +17,9 @@ backbone="resnet50")` is a tiny one. Fields (all documented in docs/design.md):
                                                 `stride` is derived from `feature`
   num_classes, dtype ("float32" | "bfloat16"), remat (rematerialise each Swin block in the backward pass),
   remat_policy (with remat: "full" recomputes the whole block; "dots" keeps the outputs of its matmuls without
-                batch dimensions, i.e. the Dense layers, and recomputes the rest: attention, norms, GELU)
+                batch dimensions, i.e. the Dense layers, and recomputes the rest: attention, norms, GELU),
+  attention_impl ("xla": einsum window attention | "cudnn": the regular windows through cuDNN's fused attention,
+                  GPU only and not yet measured)
 """
 
 from __future__ import annotations
@@ -53,6 +55,8 @@ DEFAULT_PROJECTION_FEATURE = "stage2"
 
 # model.remat_policy values (the jax.checkpoint policy of each: stcl_jax.models.swin.remat_policy).
 REMAT_POLICIES = ("full", "dots")
+# model.attention_impl values: "xla" (einsums, bf16 probabilities saved) | "cudnn" (regular windows fused by cuDNN).
+ATTENTION_IMPLS = ("xla", "cudnn")
 
 # Keyword shortcuts accepted by model_config for the most common overrides.
 _SHORTCUTS = {
@@ -127,6 +131,7 @@ def model_config(size: str = "tiny", *, num_classes: int = 124, window_size: int
     cfg.dtype = "float32"
     cfg.remat = False
     cfg.remat_policy = "full"
+    cfg.attention_impl = "xla"
     cfg.swin = ml_collections.ConfigDict(dict(
         embed_dim=embed_dim, depths=depths, num_heads=num_heads, window_size=window_size, patch_size=4,
         mlp_ratio=4.0, qkv_bias=True, drop_path_rate=0.1 if micro else 0.3))
@@ -198,6 +203,8 @@ def validate(cfg) -> None:
         raise ValueError(f"swin.window_size={s.window_size}, swin.patch_size={s.patch_size}: must be >= 1")
     if cfg.dtype not in ("float32", "bfloat16", "float16"):
         raise ValueError(f"dtype={cfg.dtype!r}: expected 'float32' or 'bfloat16'")
+    if cfg.attention_impl not in ATTENTION_IMPLS:
+        raise ValueError(f"attention_impl={cfg.attention_impl!r}: expected one of {ATTENTION_IMPLS}")
     if cfg.remat_policy not in REMAT_POLICIES:
         raise ValueError(f"remat_policy={cfg.remat_policy!r}: expected one of {REMAT_POLICIES}")
     if not 0 <= cfg.aux.in_index < 4:

@@ -50,6 +50,7 @@ class Segmenter(nn.Module):
     projection_feature: str = config_lib.DEFAULT_PROJECTION_FEATURE
     remat: bool = False
     remat_policy: str = "full"
+    attention_impl: str = "xla"
     dtype: Any = jnp.float32
     backbone: str = "swin"
     cnn: Any = None            # model_config().cnn (frozen) when backbone is a CNN
@@ -62,7 +63,8 @@ class Segmenter(nn.Module):
         if self.backbone == "swin":
             encoder = SwinTransformer(self.embed_dim, tuple(self.depths), tuple(self.num_heads), self.window_size,
                                       self.patch_size, self.mlp_ratio, self.qkv_bias, self.drop_path_rate,
-                                      self.remat, self.dtype, self.remat_policy, name="backbone")
+                                      self.remat, self.dtype, self.remat_policy, self.attention_impl,
+                                      name="backbone")
         else:
             encoder = cnn_encoder(self.cnn, self.dtype)
         feats = encoder(images, train)
@@ -88,4 +90,5 @@ def build_segmenter(model_config) -> Segmenter:
         decoder_dropout=c.decoder.dropout, aux_channels=c.aux.channels, aux_in_index=c.aux.in_index,
         aux_num_convs=c.aux.num_convs, aux_dropout=c.aux.dropout, projection_dim=c.projection.dim,
         projection_feature=c.projection.feature, remat=c.remat, remat_policy=c.remat_policy,
-        dtype=DTYPES[c.dtype], backbone=c.backbone, cnn=CNNConfig.of(c.cnn) if c.backbone != "swin" else None)
+        attention_impl=c.attention_impl, dtype=DTYPES[c.dtype], backbone=c.backbone,
+        cnn=CNNConfig.of(c.cnn) if c.backbone != "swin" else None)

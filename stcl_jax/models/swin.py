@@ -121,18 +121,21 @@ class DropPath(nn.Module):
 class WindowAttention(nn.Module):
     """Multi-head self attention inside windows with a learned relative-position bias.
 
-    Regular windows (`region_ids` None) go through `jax.nn.dot_product_attention` with the (1, heads, N, N) bias;
-    its `implementation=None` (automatic) is XLA's einsum attention on jax 0.10 and 0.11, with float32 logits and
-    softmax, whose backward keeps float32 and bf16 probabilities in a bf16 model (a fused backend, e.g. cuDNN, is
-    what this path is for). Shifted windows add the per-window region mask, which would have to broadcast over the
-    batch there, so they use our einsums: bf16 QK^T upcast to float32 for the softmax, whose backward keeps only
-    the probabilities in the compute dtype (`softmax_low_precision`; exact float32 softmax in float32 mode).
+    Scores: bf16 QK^T (in a bf16 model) upcast to float32 with the bias (and, in shifted windows, the region mask
+    built from per-token region ids) for the softmax, whose backward keeps only the probabilities in the compute
+    dtype (`softmax_low_precision`: 2 bytes per score element; exact float32 softmax in float32 mode).
+    `attention_impl="cudnn"` sends the regular (non-shifted) windows to `jax.nn.dot_product_attention(
+    implementation="cudnn")` with the (1, heads, N, N) bias (cuDNN's fused attention; GPU only, not yet measured:
+    see BENCHMARKS.md). The shifted windows stay on the einsum path: their per-window mask would have to broadcast
+    over the batch there. (`implementation=None` is XLA's einsum attention on jax 0.10-0.11, which keeps float32
+    and bf16 probabilities for the backward, 6 bytes per element: so it is not used.)
     """
     dim: int
     num_heads: int
     window: int
     qkv_bias: bool = True
     dtype: Dtype = jnp.float32
+    attention_impl: str = "xla"
 
     @nn.compact
     def __call__(self, x, region_ids: np.ndarray | None):
@@ -147,12 +150,14 @@ class WindowAttention(nn.Module):
         qkv = nn.Dense(3 * c, use_bias=self.qkv_bias, dtype=self.dtype, name="qkv")(x)
         qkv = qkv.reshape(b, nw, n, 3, self.num_heads, head_dim)
         q, k, v = qkv[..., 0, :, :], qkv[..., 1, :, :], qkv[..., 2, :, :]
-        if region_ids is None:
+        if region_ids is None and self.attention_impl == "cudnn":
             flat = lambda t: t.reshape(b * nw, n, self.num_heads, head_dim)  # noqa: E731
-            out = jax.nn.dot_product_attention(flat(q), flat(k), flat(v), bias=bias[None],
-                                               scale=head_dim**-0.5, implementation=None)
+            out = jax.nn.dot_product_attention(flat(q), flat(k), flat(v), bias=bias[None].astype(q.dtype),
+                                               scale=head_dim**-0.5, implementation="cudnn")
         else:
-            bias = bias[None, None] + shift_attention_mask(region_ids)[None, :, None]  # (1, nW, heads, N, N)
+            bias = bias[None, None]                                       # (1, 1, heads, N, N)
+            if region_ids is not None:
+                bias = bias + shift_attention_mask(region_ids)[None, :, None]  # (1, nW, heads, N, N)
             q = q * jnp.asarray(head_dim**-0.5, q.dtype)
             logits = jnp.einsum("bwqhd,bwkhd->bwhqk", q, k).astype(jnp.float32) + bias
             if jnp.dtype(self.dtype) == jnp.float32:
@@ -184,6 +189,7 @@ class SwinBlock(nn.Module):
     qkv_bias: bool = True
     drop_path: float = 0.0
     dtype: Dtype = jnp.float32
+    attention_impl: str = "xla"
 
     @nn.compact
     def __call__(self, x, deterministic: bool = True):
@@ -199,7 +205,8 @@ class SwinBlock(nn.Module):
             y = jnp.roll(y, (-self.shift, -self.shift), axis=(1, 2))
             region_ids = window_region_ids(hp, wp, ws, self.shift)
         y = window_partition(y, ws)
-        y = WindowAttention(c, self.num_heads, ws, self.qkv_bias, self.dtype, name="attn")(y, region_ids)
+        y = WindowAttention(c, self.num_heads, ws, self.qkv_bias, self.dtype, self.attention_impl,
+                            name="attn")(y, region_ids)
         y = window_reverse(y, ws, hp, wp)
         if self.shift:
             y = jnp.roll(y, (self.shift, self.shift), axis=(1, 2))
@@ -255,6 +262,7 @@ class SwinStage(nn.Module):
     remat: bool = False
     dtype: Dtype = jnp.float32
     remat_policy: str = "full"
+    attention_impl: str = "xla"
 
     @nn.compact
     def __call__(self, x, deterministic: bool = True):
@@ -264,7 +272,8 @@ class SwinStage(nn.Module):
         for j in range(self.depth):
             shift = 0 if j % 2 == 0 else self.window // 2
             x = block_cls(self.num_heads, self.window, shift, self.mlp_ratio, self.qkv_bias,
-                          float(self.drop_path[j]), self.dtype, name=f"blocks_{j}")(x, deterministic)
+                          float(self.drop_path[j]), self.dtype, self.attention_impl,
+                          name=f"blocks_{j}")(x, deterministic)
         merged = PatchMerging(self.dtype, name="downsample")(x) if self.downsample else x
         return x, merged
 
@@ -282,6 +291,7 @@ class SwinTransformer(nn.Module):
     remat: bool = False
     dtype: Dtype = jnp.float32
     remat_policy: str = "full"
+    attention_impl: str = "xla"
 
     @nn.compact
     def __call__(self, images, train: bool = False):
@@ -291,7 +301,7 @@ class SwinTransformer(nn.Module):
                 zip(self.depths, self.num_heads, drop_path_rates(self.depths, self.drop_path_rate))):
             stage = SwinStage(depth, heads, self.window_size, tuple(rates), i < len(self.depths) - 1,
                               self.mlp_ratio, self.qkv_bias, self.remat, self.dtype, self.remat_policy,
-                              name=f"layers_{i}")
+                              self.attention_impl, name=f"layers_{i}")
             y, x = stage(x, not train)
             outs.append(nn.LayerNorm(LN_EPS, dtype=self.dtype, name=f"norm{i}")(y))
         return outs

@@ -80,10 +80,14 @@ def test_progress_line_and_eta():
 
 
 @pytest.mark.parametrize("bad", [float("nan"), float("inf"), -float("inf")])
-def test_non_finite_loss_stops_with_the_step(bad):
-    log_lib.check_finite(3, {"loss": 1.0, "stcl": 2.0, "grad_norm": float("inf")})  # grad norm alone: fine
+def test_non_finite_metric_stops_with_the_step(bad):
+    log_lib.check_finite(3, {"loss": 6.8e9, "stcl": 2.0, "grad_norm": 1e30})  # large but finite: fine
     with pytest.raises(FloatingPointError, match="step 17.*stcl"):
         log_lib.check_finite(17, {"loss": 1.0, "stcl": bad})
+    with pytest.raises(FloatingPointError, match="step 3.*grad_norm.*last good checkpoint is step 2"):
+        log_lib.check_finite(3, {"loss": 1.0, "grad_norm": bad}, last_good="the last good checkpoint is step 2")
+    with pytest.raises(FloatingPointError, match="step 4: non-finite parameters"):
+        log_lib.check_finite(4, {"loss": 1.0}, state_finite=False)
 
 
 def test_metric_writer_writes_jsonl_and_tensorboard(tmp_path):

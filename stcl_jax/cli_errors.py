@@ -71,13 +71,12 @@ def quiet_logging(verbose: bool = False) -> None:
     logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, stream=sys.stdout,
                         format="%(asctime)s %(levelname)s %(message)s", force=True)
     logging.getLogger("stcl_jax").setLevel(logging.INFO)
-    if not verbose:
-        try:
-            from absl import logging as absl_logging
+    try:  # Orbax logs through absl, which has its own verbosity
+        from absl import logging as absl_logging
 
-            absl_logging.set_verbosity(absl_logging.WARNING)
-        except ImportError:
-            pass
+        absl_logging.set_verbosity(absl_logging.INFO if verbose else absl_logging.WARNING)
+    except ImportError:
+        pass
 
 
 def add_verbose_flag(p: argparse.ArgumentParser) -> None:

@@ -18,7 +18,6 @@ A point that sets `global_batch_size` without `optim.learning_rate` gets the lin
 configs/sweeps.py (`scaled_batch_overrides`): lr, total steps and warmup follow the batch.
 """
 
-import argparse
 import ast
 import csv
 import importlib.util
@@ -29,6 +28,8 @@ import pathlib
 import shlex
 import subprocess
 import sys
+
+from stcl_jax import cli_errors
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 METRICS = ("mIoU", "VC8", "VC16", "loss")
@@ -371,13 +372,13 @@ def _plot(rows, point_cols, path, out) -> str | None:
 def main(argv=None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["report"]:
-        p = argparse.ArgumentParser(prog="python -m stcl_jax.sweep report", description="Tabulate a sweep.")
+        p = cli_errors.ArgumentParser(prog="python -m stcl_jax.sweep report", description="Tabulate a sweep.")
         p.add_argument("root", help="the sweep's --workdir-root")
         p.add_argument("--output", help="where report.{md,csv,png} go (default: ROOT)")
         a = p.parse_args(argv[1:])
         write_report(a.root, a.output)
         return 0
-    p = argparse.ArgumentParser(prog="python -m stcl_jax.sweep", description=__doc__.split("\n\n")[0],
+    p = cli_errors.ArgumentParser(prog="python -m stcl_jax.sweep", description=__doc__.split("\n\n")[0],
                                 epilog="`python -m stcl_jax.sweep report DIR` tabulates a sweep's results.")
     p.add_argument("--config", required=True, help="config file, optionally FILE:arg (e.g. configs/demo.py:runlocal)")
     p.add_argument("--sweep", required=True, help="name passed to the config's get_sweep")
@@ -388,6 +389,7 @@ def main(argv=None) -> int:
     p.add_argument("--override", action="append", default=[], metavar="FIELD=VALUE",
                    help="config override applied to every run (repeatable)")
     p.add_argument("--dry-run", action="store_true", help="print the commands, launch nothing, write nothing")
+    cli_errors.add_verbose_flag(p)
     a = p.parse_args(argv)
     try:  # config problems: a one-line message; errors once runs have started keep their traceback
         runs, base = prepare(a.config, a.sweep, a.workdir_root, launcher=a.launcher, launcher_args=a.launcher_arg,
@@ -396,10 +398,7 @@ def main(argv=None) -> int:
         print(f"python -m stcl_jax.sweep: error: {e.args[0] if e.args else e}", file=sys.stderr)
         return 2
     if a.launcher == "local" and not a.dry_run:  # the training progress lines, as `python -m stcl_jax.train`
-        import logging
-
-        logging.basicConfig(level=logging.INFO, stream=sys.stdout, format="%(asctime)s %(levelname)s %(message)s",
-                            force=True)
+        cli_errors.quiet_logging(a.verbose)
     try:
         launch(runs, base, a.config, a.sweep, a.workdir_root, launcher=a.launcher, dry_run=a.dry_run)
     except subprocess.CalledProcessError as e:
@@ -410,4 +409,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    cli_errors.run(main)

@@ -123,6 +123,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.eval_every_steps = 4_000        # 0 = never during training; evaluation needs stcl_jax.evaluation
     c.eval = ml_collections.ConfigDict()
     c.eval.at_end = True              # validation after the last step
+    c.eval.rerun = False              # True: a rerun of a finished run evaluates it again (else it stops at once)
     c.eval.mode = "slide"
     c.eval.crop = (768, 768)
     c.eval.stride = (512, 512)

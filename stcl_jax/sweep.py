@@ -191,8 +191,14 @@ def run_sweep(config_spec, sweep, workdir_root, *, launcher="local", launcher_ar
 
 def prepare(config_spec, sweep, workdir_root, *, launcher="local", launcher_args=(), overrides=None):
     """`plan` plus each run's launch command; all config errors surface here, before anything starts."""
+    from stcl_jax.training import config_check
+
     runs, base = plan(config_spec, sweep, workdir_root, overrides=overrides)
     for run in runs:
+        try:  # every point's whole config, so that a bad one cannot stop the sweep after others ran
+            config_check.validate(apply_overrides(base, run["fields"]))
+        except ValueError as e:
+            raise ValueError(f"sweep point {run['name']}: {e}") from e
         run["command"] = launch_command(launcher, config_spec, run, launcher_args)
     return runs, base
 
@@ -395,7 +401,7 @@ def main(argv=None) -> int:
         runs, base = prepare(a.config, a.sweep, a.workdir_root, launcher=a.launcher, launcher_args=a.launcher_arg,
                              overrides=dict(parse_override(o) for o in a.override))
     except (KeyError, ValueError, TypeError, AttributeError, FileNotFoundError) as e:
-        print(f"python -m stcl_jax.sweep: error: {e.args[0] if e.args else e}", file=sys.stderr)
+        print(f"error: {cli_errors.one_line(e)}", file=sys.stderr)
         return 2
     if a.launcher == "local" and not a.dry_run:  # the training progress lines, as `python -m stcl_jax.train`
         cli_errors.quiet_logging(a.verbose)

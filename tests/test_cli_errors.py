@@ -202,3 +202,21 @@ def test_quiet_logging_hides_orbax_info(tiny_run, tmp_path, capsys):
                        and "exported" not in line]
         assert bool(orbax_lines) == verbose, out
         assert "exported step 4" in out
+
+
+def test_sweep_validates_every_point_before_any_run(tmp_path, capsys):
+    from stcl_jax import sweep
+
+    argv = ["--config", "configs/demo.py:runlocal", "--sweep", "temperature", "--workdir-root", str(tmp_path / "s"),
+            "--override", "data.scale_range=(2.0, 1.0)"]
+    cwd = os.getcwd()
+    os.chdir(REPO)
+    try:
+        capsys.readouterr()
+        assert sweep.main(argv) == 2
+        err = capsys.readouterr().err
+    finally:
+        os.chdir(cwd)
+    assert err.startswith("error: sweep point temperature-") and err.count("\n") == 1
+    assert "config.data.scale_range=(2.0, 1.0) must have lo <= hi" in err
+    assert not os.path.exists(tmp_path / "s")

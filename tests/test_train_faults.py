@@ -86,39 +86,51 @@ def _corrupt_newest(workdir, step):
         f.write(bytes(x ^ 0xFF for x in data))
 
 
-def test_damaged_newest_more_steps_and_no_replayed_rows(base, tmp_path, dataset, cache_dir):  # noqa: F811
-    """Checkpoint 6 damaged, resume with total_steps 9 and keep 2: warns, moves 6 aside, resumes from 3, trains
-    4..9 again; metrics.jsonl holds each step once; the change is in config_history.jsonl."""
+def test_damaged_newest_with_keep_k_and_no_replayed_rows(base, tmp_path, dataset, cache_dir):  # noqa: F811
+    """Checkpoint 6 damaged, resume with a checkpoint every step and keep 2 (allowed changes; the step program is
+    the cached one): warns, moves 6 aside, resumes from 3, trains 4..6 again; GC only ever drops intact steps;
+    metrics.jsonl holds each step once; the changes are in config_history.jsonl."""
     workdir = _copy(base, tmp_path)
     _corrupt_newest(workdir, 6)
-    o = _overrides(dataset, total_steps=9, keep_checkpoints=2)
+    o = _overrides(dataset, checkpoint_every_steps=1, keep_checkpoints=2)
     code, out, result = _run(workdir, o, _env(cache_dir))
-    assert code == 0 and result["step"] == 9, out[-3000:]
+    assert code == 0 and result["step"] == 6, out[-3000:]
     assert "checkpoint step 6" in out and "damaged" in out and "restored step 3" in out
     assert os.path.isdir(workdir / "checkpoints.bad" / "6")
     directory = os.path.join(workdir, "checkpoints")
-    assert ckpt_lib.step_folders(directory) == [6, 9]
-    assert all(ckpt_lib.check_step(directory, s) is None for s in (6, 9))
-    assert [r["step"] for r in _jsonl(workdir)] == list(range(1, 10))
+    assert ckpt_lib.step_folders(directory) == [5, 6]
+    assert all(ckpt_lib.check_step(directory, s) is None for s in (5, 6))
+    _assert_same_tree(_params(base, 6), _params(workdir, 6))  # the replayed steps are the same steps
+    assert [r["step"] for r in _jsonl(workdir)] == list(range(1, 7))
     history = [json.loads(line) for line in _read(workdir / "config_history.jsonl").splitlines()]
-    assert history[0]["event"] == "start" and history[-1]["event"] == "resume"
-    assert history[-1]["changes"] == {"keep_checkpoints": [3, 2], "total_steps": [6, 9]}
-    assert json.loads(_read(workdir / "config.json"))["total_steps"] == 9
+    assert [h["event"] for h in history] == ["start", "resume"]
+    assert history[-1]["changes"] == {"checkpoint_every_steps": [3, 1], "keep_checkpoints": [3, 2]}
+    assert json.loads(_read(workdir / "config.json"))["keep_checkpoints"] == 2
     assert "restored step 3" in _read(workdir / "train.log")
     events = sorted(os.listdir(workdir / "tensorboard"))
     assert len(events) == 2  # the resumed writer's file starts with a purge from step 4 (tensorboardX purge_step)
+    starts = [e.step for e in _events(workdir / "tensorboard" / events[-1]) if e.session_log.status == 1]
+    assert starts == [4]  # SessionLog.START at 4: TensorBoard drops the first file's events from step 4 on
+
+
+def _events(path):
+    """The Event protos of a TensorBoard event file (TFRecord framing: length, crc, payload, crc)."""
     from tensorboardX.proto import event_pb2
 
-    with open(workdir / "tensorboard" / events[-1], "rb") as f:
+    with open(path, "rb") as f:
         raw = f.read()
-    first = event_pb2.Event()
-    length = int.from_bytes(raw[:8], "little")  # TFRecord: length, crc, payload, crc
-    first.ParseFromString(raw[12:12 + length])
-    second = event_pb2.Event()
-    offset = 12 + length + 4
-    length2 = int.from_bytes(raw[offset:offset + 8], "little")
-    second.ParseFromString(raw[offset + 12:offset + 12 + length2])
-    assert second.step == 4 and second.session_log.status == second.session_log.START
+    offset = 0
+    while offset < len(raw):
+        length = int.from_bytes(raw[offset:offset + 8], "little")
+        event = event_pb2.Event()
+        event.ParseFromString(raw[offset + 12:offset + 12 + length])
+        yield event
+        offset += 12 + length + 4
+
+
+def _assert_same_tree(a, b):
+    for x, y in zip(jax.tree_util.tree_leaves(a), jax.tree_util.tree_leaves(b), strict=True):
+        np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
 
 
 def _finite(tree):

@@ -105,3 +105,46 @@ def test_metric_writer_writes_jsonl_and_tensorboard(tmp_path):
     silent = log_lib.MetricWriter(str(tmp_path / "other"), enabled=False)
     silent.write(1, {"x": 1.0})
     assert not os.path.exists(tmp_path / "other")
+
+
+def test_resume_changes_allowed_and_refused(tmp_path):
+    """What a resume may change (applied and recorded) and what it may not (refused naming the fields, nothing
+    written)."""
+    import sys
+
+    from stcl_jax.training import config_check
+
+    sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs"))
+    import demo
+
+    old = demo.get_config("runlocal")
+    config_check.record_config(old, str(tmp_path), {}, resumed=False)
+    saved = (tmp_path / "config.json").read_text()
+    new = demo.get_config("runlocal")
+    new.total_steps, new.log_every_steps, new.optim.learning_rate, new.eval.at_end = 40, 5, 1e-4, False
+    new.optim.grad_clip_norm = 0.0  # off -> off: the optimizer state keeps its structure
+    allowed = config_check.check_resume(new, str(tmp_path))
+    assert allowed == {"eval.at_end": [True, False], "log_every_steps": [1, 5], "optim.learning_rate": [1e-3, 1e-4],
+                       "total_steps": [4, 40]}
+    config_check.record_config(new, str(tmp_path), allowed, resumed=True)
+    assert json.loads((tmp_path / "config.json").read_text())["total_steps"] == 40
+    rows = [json.loads(line) for line in (tmp_path / "config_history.jsonl").read_text().splitlines()]
+    assert [r["event"] for r in rows] == ["start", "resume"] and rows[1]["changes"]["total_steps"] == [4, 40]
+    saved = (tmp_path / "config.json").read_text()
+    for field, value in (("model.decoder.channels", 8), ("data.crop_size", (32, 32)), ("data.num_frames", 3),
+                         ("global_batch_size", 8), ("seed", 1), ("optim.grad_clip_norm", 1.0)):
+        bad = demo.get_config("runlocal")
+        bad.total_steps = 40
+        *path, leaf = field.split(".")
+        node = bad
+        for p in path:
+            node = node[p]
+        node[leaf] = value
+        with pytest.raises(ValueError, match=f"cannot resume .* with a changed {field} ") as e:
+            config_check.check_resume(bad, str(tmp_path))
+        assert "\n" not in str(e.value)
+    assert (tmp_path / "config.json").read_text() == saved
+    old_json = json.loads(saved)
+    del old_json["eval"]["rerun"]  # a field added by a newer version: an allowed change
+    assert config_check.changes(old_json, config_check.config_as_json(new)) == ({}, {"eval.rerun": ["<absent>",
+                                                                                                   False]})

@@ -154,6 +154,7 @@ class Checkpointer:
         self._saving = None  # the step whose async save is in flight
         self.last_good_step = None  # newest step restored or saved by this run (finite, digest written)
         self._mark_undigested_steps()
+        _sync("stcl_jax checkpoint integrity file")
         callback = ocp.AsyncOptions(post_finalization_callback=self._digest_in_flight) if async_save else None
         options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=True, cleanup_tmp_directories=True,
                                                enable_async_checkpointing=async_save, async_options=callback)
@@ -225,9 +226,14 @@ class Checkpointer:
         Damaged newer steps are warned about and moved to `workdir/checkpoints.bad/<step>` (process 0), so that
         training can save those steps again and keep-K never counts them. Raises CheckpointIntegrityError when
         step folders exist but none is intact."""
+        _sync("stcl_jax checkpoints before verification")  # every process judges the same folders
         step, bad = newest_intact_step(self.directory)
+        _sync("stcl_jax checkpoints verified")  # and none is moved before all have looked
         if bad:
             self._quarantine(bad)
+        _sync("stcl_jax damaged checkpoints moved")
+        if bad:
+            self.manager.reload()
             if step is None:
                 raise no_intact_error(self.directory, bad)
             log.warning("resuming from step %d, the newest intact checkpoint", step)
@@ -247,11 +253,6 @@ class Checkpointer:
                 with open(target + ".reason.txt", "w", encoding="utf-8") as f:
                     f.write(reason + "\n")
                 log.warning("moved the damaged checkpoint step %d to %s", step, target)
-        if jax.process_count() > 1:
-            from jax.experimental import multihost_utils
-
-            multihost_utils.sync_global_devices("stcl_jax damaged checkpoints moved")
-        self.manager.reload()
 
     def last_good_description(self) -> str:
         if self.last_good_step is None:
@@ -262,8 +263,19 @@ class Checkpointer:
         self.manager.wait_until_finished()
 
     def close(self):
-        self.manager.wait_until_finished()
-        self.manager.close()
+        """Waits for the save in flight and closes the manager (again: a no-op)."""
+        if self.manager is not None:
+            self.manager.wait_until_finished()
+            self.manager.close()
+            self.manager = None
+
+
+def _sync(name: str):
+    """A barrier over all processes (nothing with one)."""
+    if jax.process_count() > 1:
+        from jax.experimental import multihost_utils
+
+        multihost_utils.sync_global_devices(name)
 
 
 def abstract_with_shardings(abstract_state, shardings):

@@ -90,7 +90,8 @@ def drop_rows_after(path: str, step: int) -> int:
 
 
 def last_logged(workdir: str) -> dict:
-    """The newest value of every metric in workdir/metrics.jsonl ({} without one)."""
+    """The newest value of every metric in workdir/metrics.jsonl, named as `train_and_evaluate` returns them
+    ("loss", "val/miou", ...; {} without a file)."""
     out = {}
     path = os.path.join(workdir, "metrics.jsonl")
     if os.path.isfile(path):
@@ -98,7 +99,7 @@ def last_logged(workdir: str) -> dict:
             for line in f:
                 with contextlib.suppress(ValueError):
                     row = json.loads(line)
-                    out.update({k.split("/", 1)[-1]: v for k, v in row.items() if k != "step"})
+                    out.update({k.removeprefix("train/"): v for k, v in row.items() if k != "step"})
     return out
 
 

@@ -197,22 +197,20 @@ def train_and_evaluate(config, workdir: str) -> dict:
     config_check.check_val_split(config)
     config_check.record_config(config, workdir, allowed, resumed=has_checkpoints)
     with log_lib.log_file(os.path.join(workdir, "train.log")):
-        return _train(config, workdir)
+        checkpointer = ckpt_lib.Checkpointer(workdir, every_steps=config.checkpoint_every_steps,
+                                             keep=config.keep_checkpoints)
+        try:
+            return _train(config, workdir, checkpointer)
+        finally:
+            checkpointer.close()  # waits for the async save in flight (also when the run fails)
 
 
-def _train(config, workdir: str) -> dict:
+def _train(config, workdir: str, checkpointer) -> dict:
     from stcl_jax.data.pipeline import make_train_loader
 
-    checkpointer = ckpt_lib.Checkpointer(workdir, every_steps=config.checkpoint_every_steps,
-                                         keep=config.keep_checkpoints)
-    try:
-        latest = checkpointer.intact_latest_step()
-    except BaseException:
-        checkpointer.close()
-        raise
+    latest = checkpointer.intact_latest_step()
     rerun = bool(config.eval.get("rerun", False))
     if latest is not None and latest >= config.total_steps and not rerun:
-        checkpointer.close()
         log.info("already at step %d of %d in %s: nothing to train (set --config.eval.rerun=True to evaluate "
                  "it again, or raise --config.total_steps to train on)", latest, config.total_steps, workdir)
         return {**log_lib.last_logged(workdir), "step": latest}

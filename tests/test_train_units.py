@@ -148,3 +148,28 @@ def test_resume_changes_allowed_and_refused(tmp_path):
     del old_json["eval"]["rerun"]  # a field added by a newer version: an allowed change
     assert config_check.changes(old_json, config_check.config_as_json(new)) == ({}, {"eval.rerun": ["<absent>",
                                                                                                    False]})
+
+
+def test_state_flag_stops_a_finite_loss_with_a_non_finite_update():
+    """The issue's case: the loss is still finite (6.8e9) but the update made parameters NaN. The step's flag
+    catches it and the logger (called before every save) stops naming the last good checkpoint."""
+    import jax.numpy as jnp
+
+    from stcl_jax.training import loop
+
+    params = {"w": jnp.ones((3, 2)), "b": jnp.zeros(2)}
+    metrics = {"loss": jnp.float32(6.8e9), "grad_norm": jnp.float32(1e20), "lr": jnp.float32(1e6)}
+    assert bool(loop.all_finite(metrics, params, {}))
+    poisoned = {"w": params["w"].at[1, 0].set(jnp.nan), "b": params["b"]}
+    assert not bool(loop.all_finite(metrics, poisoned, {}))
+    assert not bool(loop.all_finite(metrics, params, {"bn": {"var": jnp.array([1.0, jnp.inf])}}))
+    assert not bool(loop.all_finite({**metrics, "grad_norm": jnp.float32(jnp.nan)}, params, {}))
+
+    class Config:
+        log_every_steps, total_steps = 100, 1000
+
+    logger = loop._StepLogger(Config, writer=None, progress=None,
+                              last_good=lambda: "the last good checkpoint is step 6 in /w/checkpoints")
+    logger.record(7, {**metrics, loop.FINITE: jnp.bool_(True)})
+    with pytest.raises(FloatingPointError, match="step 8: non-finite parameters .* last good checkpoint is step 6"):
+        logger.record(8, {**metrics, loop.FINITE: jnp.bool_(False)})

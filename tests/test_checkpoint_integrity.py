@@ -170,13 +170,13 @@ def test_checkpoints_from_before_digests_restore_unchecked(saved, tmp_path):
     a step saved later without a digest is not trusted."""
     workdir = _copy(saved, tmp_path / "w")
     directory = os.path.join(workdir, "checkpoints")
-    os.remove(os.path.join(directory, ckpt_lib.INTEGRITY))
+    os.remove(ckpt_lib.integrity_path(directory))
     for step in (1, 2, 3):
         os.remove(os.path.join(directory, str(step), ckpt_lib.DIGEST))
     ck = ckpt_lib.Checkpointer(str(workdir), every_steps=1, keep=5)
     assert ck.intact_latest_step() == 3
     ck.close()
-    with open(os.path.join(directory, ckpt_lib.INTEGRITY)) as f:
+    with open(ckpt_lib.integrity_path(directory)) as f:
         assert json.load(f)["undigested_steps"] == [1, 2, 3]
     _save_steps(workdir, (4,))
     os.remove(os.path.join(directory, "4", ckpt_lib.DIGEST))

@@ -10,7 +10,7 @@ digest appears with the checkpoint in one rename) process 0 writes `sha256.json`
 file under `state/` and `data_iter/`. `restore_latest` verifies the newest checkpoint against it and falls back to
 the newest intact one, with a warning naming each bad step, which is moved to `workdir/checkpoints.bad/` (out of
 Orbax's keep-K garbage collection, so a bad newest checkpoint never costs the last good one). A step without a
-digest counts as bad unless it predates this version (`checkpoints/integrity.json` lists those). No intact
+digest counts as bad unless it predates this version (`workdir/checkpoint_integrity.json` lists those). No intact
 checkpoint at all: `CheckpointIntegrityError`, one line.
 
 Preemption: `PreemptionWatcher` turns SIGTERM into a flag the loop polls; with several processes it also asks
@@ -31,7 +31,8 @@ import orbax.checkpoint as ocp
 
 log = logging.getLogger("stcl_jax.train")
 DIGEST = "sha256.json"
-INTEGRITY = "integrity.json"  # in checkpoints/: {"version": 1, "undigested_steps": [steps saved before digests]}
+# next to checkpoints/ (Orbax's folder holds step folders only): {"version": 1, "undigested_steps": [...]}
+INTEGRITY = "checkpoint_integrity.json"
 ITEMS = ("state", "data_iter")
 _CHUNK = 1 << 22
 
@@ -77,7 +78,7 @@ def write_digest(step_dir: str) -> None:
 def check_step(directory: str, step: int) -> str | None:
     """None when checkpoint `step` in `directory` matches its digest, else why not (one phrase).
 
-    A step listed in `directory/integrity.json` as saved before digests existed passes unchecked."""
+    A step listed in `directory/../checkpoint_integrity.json` as saved before digests existed passes unchecked."""
     step_dir = os.path.join(directory, str(step))
     path = os.path.join(step_dir, DIGEST)
     if not os.path.isfile(path):
@@ -105,9 +106,13 @@ def check_step(directory: str, step: int) -> str | None:
     return None
 
 
+def integrity_path(directory: str) -> str:
+    return os.path.join(os.path.dirname(os.path.abspath(directory)), INTEGRITY)
+
+
 def _read_integrity(directory: str) -> dict:
     try:
-        with open(os.path.join(directory, INTEGRITY), encoding="utf-8") as f:
+        with open(integrity_path(directory), encoding="utf-8") as f:
             return json.load(f)
     except (OSError, ValueError):
         return {}
@@ -162,12 +167,12 @@ class Checkpointer:
 
     def _mark_undigested_steps(self):
         """The first time this version opens a workdir, its existing steps (saved without digests) are listed."""
-        if jax.process_index() != 0 or os.path.isfile(os.path.join(self.directory, INTEGRITY)):
+        if jax.process_index() != 0 or os.path.isfile(integrity_path(self.directory)):
             return
         os.makedirs(self.directory, exist_ok=True)
         old = [s for s in step_folders(self.directory) if not os.path.isfile(os.path.join(self.directory, str(s),
                                                                                            DIGEST))]
-        with open(os.path.join(self.directory, INTEGRITY), "w", encoding="utf-8") as f:
+        with open(integrity_path(self.directory), "w", encoding="utf-8") as f:
             json.dump({"version": 1, "undigested_steps": old}, f)
 
     def _step_dir_being_written(self, step: int) -> str:

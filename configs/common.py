@@ -134,6 +134,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.eval_every_steps = 4_000        # 0 = never during training; evaluation needs stcl_jax.evaluation
     c.eval = ml_collections.ConfigDict()
     c.eval.at_end = True              # validation after the last step
+    c.eval.rerun = False              # True: a rerun of a finished run evaluates it again (else it stops at once)
     c.eval.mode = "slide"
     c.eval.crop = (768, 768)
     c.eval.stride = (512, 512)
@@ -142,7 +143,8 @@ def base_config() -> ml_collections.ConfigDict:
 
 
 def runlocal(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
-    """Shrinks a full config in place to a tiny one that trains a few steps on one CPU in about a minute."""
+    """Shrinks a full config in place to a tiny one that trains a few steps on one CPU in about a minute; without
+    `--config.data.dir` it trains on a tiny synthetic dataset generated in the workdir (`config.synthetic`)."""
     c.total_steps = 4
     c.global_batch_size = 2
     c.data.crop_size = (64, 64)
@@ -156,6 +158,11 @@ def runlocal(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     c.eval.crop = (64, 64)
     c.eval.stride = (48, 48)
     c.eval.max_videos = 2
+    if "synthetic" not in c:  # with data.dir empty, training generates this tiny dataset in the workdir (as demo.py)
+        if c.data.num_frames == 1:  # an image pre-training config (COCO panoptic's 133 classes)
+            c.synthetic = ml_collections.ConfigDict(dict(layout="coco-panoptic", train=8, val=4, size=(64, 96), seed=1))
+        else:
+            c.synthetic = ml_collections.ConfigDict(dict(videos=6, frames=4, size=(64, 96), seed=0))
     from stcl_jax.models import model_config
 
     c.model = model_config("micro", window_size=4, num_classes=c.model.num_classes if "model" in c else 124,

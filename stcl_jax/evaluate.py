@@ -27,15 +27,15 @@ from __future__ import annotations
 import argparse
 import logging
 import os
-import sys
 
+from stcl_jax import cli_errors
 from stcl_jax.evaluation import cli
 
 log = logging.getLogger("stcl_jax.evaluate")
 
 
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m stcl_jax.evaluate", description=__doc__.split("\n\n")[0])
+    p = cli_errors.ArgumentParser(prog="python -m stcl_jax.evaluate", description=__doc__.split("\n\n")[0])
     p.add_argument("--predictions", help="prediction PNG folder to score (scoring form)")
     p.add_argument("--data-root", help="extracted VSPW_480p folder (scoring form)")
     p.add_argument("--checkpoint", help="params-only model dir or training workdir (model form)")
@@ -50,14 +50,15 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--max-videos", type=int, default=0, help="0 = every video of the split")
     p.add_argument("--label-map", default="", help="model form: score the build's masks mapped onto VSPW's classes "
                    "by this mapping file (e.g. ade20k_to_vspw); default: the build's own classes")
-    p.add_argument("--json", help="write the scores here")
+    p.add_argument("--json", help="write the scores here (default with --checkpoint: CKPT/eval_<split>.json)")
+    cli_errors.add_verbose_flag(p)
     return p
 
 
 def main(argv=None) -> int:
     p = _parser()
     a = p.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, stream=sys.stdout, format="%(asctime)s %(message)s", force=True)
+    cli_errors.quiet_logging(a.verbose)
     from stcl_jax.evaluation import metrics, runner
 
     if a.predictions:
@@ -97,4 +98,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    cli_errors.run(main)

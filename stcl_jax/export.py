@@ -18,11 +18,9 @@ BatchNorm `num_batches_tracked`) are written with their init values. Both lists 
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 import os
-import sys
 
 import jax
 import numpy as np
@@ -63,14 +61,21 @@ def restore_variables(workdir: str, step: int | None = None) -> tuple[dict, obje
     Only those two subtrees are read (Orbax partial restore), so the optimizer state costs no memory."""
     import orbax.checkpoint as ocp
 
+    from stcl_jax.training import checkpoint as ckpt_lib
+
     workdir = os.path.abspath(workdir)
     steps = checkpoint_steps(workdir)
+    directory = os.path.join(workdir, "checkpoints")
     if not steps:
         raise FileNotFoundError(f"{workdir}/checkpoints holds no complete checkpoint")
-    if step is None:
-        step = steps[-1]
+    if step is None:  # the newest intact one (a damaged newer one is warned about, not moved: this only reads)
+        step, bad = ckpt_lib.newest_intact_step(directory, steps)
+        if step is None:
+            raise ckpt_lib.no_intact_error(directory, bad)
     elif step not in steps:
         raise ValueError(f"--step {step}: {workdir}/checkpoints has steps {steps}")
+    elif reason := ckpt_lib.check_step(directory, step):
+        raise ValueError(f"--step {step}: the checkpoint in {directory} is damaged: {reason}")
     model_cfg = training_model_config(workdir)
     path = os.path.join(workdir, "checkpoints", str(step), "state")
     checkpointer = ocp.PyTreeCheckpointer()
@@ -82,8 +87,13 @@ def restore_variables(workdir: str, step: int | None = None) -> tuple[dict, obje
     restore_args = jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), wanted)
     restored = checkpointer.restore(path, args=ocp.args.PyTreeRestore(item=item, restore_args=restore_args,
                                                                        partial_restore=True))
-    variables = {"params": restored["params"], "batch_stats": restored.get("batch_stats", {})}
-    return jax.tree.map(np.asarray, variables), model_cfg, step
+    variables = jax.tree.map(np.asarray, {"params": restored["params"], "batch_stats": restored.get("batch_stats", {})})
+    bad = [leaf for leaf in jax.tree.leaves(variables) if np.issubdtype(leaf.dtype, np.inexact)
+           and not np.isfinite(leaf).all()]
+    if bad:
+        raise ValueError(f"{path}: {len(bad)} of {len(jax.tree.leaves(variables))} arrays hold NaN or inf (a diverged "
+                         "run); use an earlier --step")
+    return variables, model_cfg, step
 
 
 def load_trained_variables(path: str, what: str = "path") -> tuple[dict, object]:
@@ -111,6 +121,19 @@ def cast_params(variables: dict, dtype: str) -> dict:
 
 
 # ------------------------------------------------------------------------------------------------ safetensors --
+SAFETENSORS_MODULES = ("torch", "transformers", "safetensors")
+
+
+def check_safetensors_dependencies() -> None:
+    """ImportError (one line naming the extra) when --safetensors cannot run; called before any file is written."""
+    import importlib.util
+
+    missing = [m for m in SAFETENSORS_MODULES if importlib.util.find_spec(m) is None]
+    if missing:
+        raise ImportError(f"--safetensors needs torch, transformers and safetensors ({', '.join(missing)} not "
+                          "installed): pip install -e .[torch]")
+
+
 def hf_upernet_config(model_cfg):
     """The `transformers.UperNetConfig` (Swin backbone) with the architecture of `model_cfg`."""
     import transformers
@@ -221,6 +244,8 @@ def export(workdir: str, output: str, *, step: int | None = None, dtype: str = "
 
     if dtype not in DTYPES:
         raise ValueError(f"--dtype must be one of {sorted(DTYPES)}, got {dtype!r}")
+    if safetensors:
+        check_safetensors_dependencies()
     variables, model_cfg, step = restore_variables(workdir, step)
     variables = cast_params(variables, dtype)
     save_variables(output, variables, model_cfg)
@@ -237,19 +262,19 @@ def export(workdir: str, output: str, *, step: int | None = None, dtype: str = "
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(prog="python -m stcl_jax.export", description=__doc__.split("\n\n")[0])
+    from stcl_jax import cli_errors
+
+    p = cli_errors.ArgumentParser(prog="python -m stcl_jax.export", description=__doc__.split("\n\n")[0])
     p.add_argument("--workdir", required=True, help="training workdir (checkpoints/ + config.json)")
     p.add_argument("--step", type=int, default=None, help="checkpoint step (default: the newest)")
     p.add_argument("--output", required=True, help="export directory (models/io layout)")
     p.add_argument("--dtype", default="float32", choices=sorted(DTYPES), help="dtype of the params")
-    p.add_argument("--safetensors", action="store_true", help="also OUT/hf/model.safetensors (HF UperNet names)")
+    p.add_argument("--safetensors", action="store_true", help="also OUT/hf/model.safetensors (HF UperNet names); "
+                   "needs torch + transformers: pip install -e .[torch]")
+    cli_errors.add_verbose_flag(p)
     a = p.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, stream=sys.stdout, format="%(asctime)s %(message)s", force=True)
-    try:
-        s = export(a.workdir, a.output, step=a.step, dtype=a.dtype, safetensors=a.safetensors)
-    except (FileNotFoundError, ValueError, KeyError) as e:
-        print(f"python -m stcl_jax.export: error: {e.args[0] if e.args else e}", file=sys.stderr)
-        return 2
+    cli_errors.quiet_logging(a.verbose)
+    s = export(a.workdir, a.output, step=a.step, dtype=a.dtype, safetensors=a.safetensors)
     print(f"exported step {s['step']} of {s['workdir']} to {s['output']}: {s['parameters'] / 1e6:.2f} M params "
           f"({s['dtype']}), {s['bytes'] / 2 ** 20:.1f} MiB")
     if "safetensors" in s:
@@ -260,4 +285,6 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from stcl_jax import cli_errors
+
+    cli_errors.run(main)

@@ -21,12 +21,10 @@ The inference flags are those of `stcl_jax.evaluate` (`--config`, `--tta`, `--en
 
 from __future__ import annotations
 
-import argparse
 import io
 import logging
 import os
 import re
-import sys
 import time
 from typing import Iterator
 
@@ -34,6 +32,7 @@ import cv2
 import numpy as np
 from PIL import Image
 
+from stcl_jax import cli_errors
 from stcl_jax.evaluation import cli
 
 log = logging.getLogger("stcl_jax.predict")
@@ -231,7 +230,7 @@ def predict_source(predictor, source: str, output: str, *, vspw_ids: bool = Fals
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(prog="python -m stcl_jax.predict", description=__doc__.split("\n\n")[0])
+    p = cli_errors.ArgumentParser(prog="python -m stcl_jax.predict", description=__doc__.split("\n\n")[0])
     p.add_argument("--checkpoint", required=True, help="params-only model dir or training workdir")
     p.add_argument("--input", required=True, help="folder of frames or a video file")
     p.add_argument("--output", required=True)
@@ -243,10 +242,11 @@ def main(argv=None) -> int:
     p.add_argument("--allow-truncated", action="store_true", help="a video with fewer decodable frames than its "
                    "header declares is a warning, not an error")
     cli.add_inference_arguments(p)
+    cli_errors.add_verbose_flag(p)
     a = p.parse_args(argv)
     if not 0.0 <= a.alpha <= 1.0:
         p.error(f"--alpha must be in [0, 1], got {a.alpha}")
-    logging.basicConfig(level=logging.INFO, stream=sys.stdout, format="%(asctime)s %(message)s", force=True)
+    cli_errors.quiet_logging(a.verbose)
     members, options = cli.members_and_options(a)
     from stcl_jax.evaluation import inference
 
@@ -260,4 +260,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    cli_errors.run(main)

@@ -24,11 +24,9 @@ local devices; process 0 builds the records once every process is done.
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 import os
-import sys
 import time
 
 import cv2
@@ -36,6 +34,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from stcl_jax import cli_errors
 from stcl_jax.data import records, vspw
 from stcl_jax.evaluation import inference
 from stcl_jax.evaluation.cli import load_member  # noqa: F401  (the teachers are loaded like evaluate's models)
@@ -190,7 +189,7 @@ def build_records(output: str) -> str:
 def main(argv=None) -> int:
     from stcl_jax.evaluation import cli
 
-    p = argparse.ArgumentParser(prog="python -m stcl_jax.pseudo_label", description=__doc__.split("\n\n")[0])
+    p = cli_errors.ArgumentParser(prog="python -m stcl_jax.pseudo_label", description=__doc__.split("\n\n")[0])
     p.add_argument("--checkpoints", nargs="+", required=True,
                    help="export dirs or training workdirs; several = an ensemble (mean softmax)")
     p.add_argument("--data", required=True, help="built dataset dir (stcl_jax.data.build --output)")
@@ -201,10 +200,11 @@ def main(argv=None) -> int:
     p.add_argument("--max-videos", type=int, default=0, help="0 = all videos of the split")
     p.add_argument("--no-build", action="store_true", help="write layout and stats only, no records")
     cli.add_inference_arguments(p)  # --config, --ensemble, --mode/--crop/--stride, --tta/--scales/--flip, ...
+    cli_errors.add_verbose_flag(p)
     a = p.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, stream=sys.stdout, format="%(asctime)s %(message)s", force=True)
+    cli_errors.quiet_logging(a.verbose)
     a.checkpoint, a.ensemble = a.checkpoints[0], [*a.checkpoints[1:], *a.ensemble]
-    members, options = cli.members_and_options(a)
+    members, options = cli.members_and_options(a, checkpoint_flag="--checkpoints")
     teacher = make_teacher(members, threshold=a.threshold, **options)
     counts = label_split(teacher, a.data, a.split, a.output, only_unlabelled=a.only_unlabelled,
                          max_videos=a.max_videos, process_index=jax.process_index(),
@@ -224,4 +224,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    cli_errors.run(main)

@@ -18,7 +18,6 @@ A point that sets `global_batch_size` without `optim.learning_rate` gets the lin
 configs/sweeps.py (`scaled_batch_overrides`): lr, total steps and warmup follow the batch.
 """
 
-import argparse
 import ast
 import csv
 import importlib.util
@@ -29,6 +28,8 @@ import pathlib
 import shlex
 import subprocess
 import sys
+
+from stcl_jax import cli_errors
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 METRICS = ("mIoU", "VC8", "VC16", "loss")
@@ -190,8 +191,14 @@ def run_sweep(config_spec, sweep, workdir_root, *, launcher="local", launcher_ar
 
 def prepare(config_spec, sweep, workdir_root, *, launcher="local", launcher_args=(), overrides=None):
     """`plan` plus each run's launch command; all config errors surface here, before anything starts."""
+    from stcl_jax.training import config_check
+
     runs, base = plan(config_spec, sweep, workdir_root, overrides=overrides)
     for run in runs:
+        try:  # every point's whole config, so that a bad one cannot stop the sweep after others ran
+            config_check.validate(apply_overrides(base, run["fields"]))
+        except ValueError as e:
+            raise ValueError(f"sweep point {run['name']}: {e}") from e
         run["command"] = launch_command(launcher, config_spec, run, launcher_args)
     return runs, base
 
@@ -371,13 +378,13 @@ def _plot(rows, point_cols, path, out) -> str | None:
 def main(argv=None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["report"]:
-        p = argparse.ArgumentParser(prog="python -m stcl_jax.sweep report", description="Tabulate a sweep.")
+        p = cli_errors.ArgumentParser(prog="python -m stcl_jax.sweep report", description="Tabulate a sweep.")
         p.add_argument("root", help="the sweep's --workdir-root")
         p.add_argument("--output", help="where report.{md,csv,png} go (default: ROOT)")
         a = p.parse_args(argv[1:])
         write_report(a.root, a.output)
         return 0
-    p = argparse.ArgumentParser(prog="python -m stcl_jax.sweep", description=__doc__.split("\n\n")[0],
+    p = cli_errors.ArgumentParser(prog="python -m stcl_jax.sweep", description=__doc__.split("\n\n")[0],
                                 epilog="`python -m stcl_jax.sweep report DIR` tabulates a sweep's results.")
     p.add_argument("--config", required=True, help="config file, optionally FILE:arg (e.g. configs/demo.py:runlocal)")
     p.add_argument("--sweep", required=True, help="name passed to the config's get_sweep")
@@ -388,18 +395,16 @@ def main(argv=None) -> int:
     p.add_argument("--override", action="append", default=[], metavar="FIELD=VALUE",
                    help="config override applied to every run (repeatable)")
     p.add_argument("--dry-run", action="store_true", help="print the commands, launch nothing, write nothing")
+    cli_errors.add_verbose_flag(p)
     a = p.parse_args(argv)
     try:  # config problems: a one-line message; errors once runs have started keep their traceback
         runs, base = prepare(a.config, a.sweep, a.workdir_root, launcher=a.launcher, launcher_args=a.launcher_arg,
                              overrides=dict(parse_override(o) for o in a.override))
     except (KeyError, ValueError, TypeError, AttributeError, FileNotFoundError) as e:
-        print(f"python -m stcl_jax.sweep: error: {e.args[0] if e.args else e}", file=sys.stderr)
+        print(f"error: {cli_errors.one_line(e)}", file=sys.stderr)
         return 2
     if a.launcher == "local" and not a.dry_run:  # the training progress lines, as `python -m stcl_jax.train`
-        import logging
-
-        logging.basicConfig(level=logging.INFO, stream=sys.stdout, format="%(asctime)s %(levelname)s %(message)s",
-                            force=True)
+        cli_errors.quiet_logging(a.verbose)
     try:
         launch(runs, base, a.config, a.sweep, a.workdir_root, launcher=a.launcher, dry_run=a.dry_run)
     except subprocess.CalledProcessError as e:
@@ -410,4 +415,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    cli_errors.run(main)

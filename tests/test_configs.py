@@ -99,3 +99,14 @@ def test_train_cli_rejects_a_typo(tmp_path):
     assert r.returncode != 0
     assert "temperture" in r.stderr
     assert not os.listdir(tmp_path)
+
+
+@pytest.mark.parametrize("module", [*SIZES, swin_l_coco_pretrain], ids=lambda m: m.__name__)
+def test_runlocal_generates_its_data_without_a_data_dir(module, tmp_path):
+    """`configs/swin_*.py:runlocal` with no --config.data.dir resolves to a dataset generated in the workdir."""
+    from stcl_jax.training import loop
+
+    c = module.get_config("runlocal")
+    assert c.data.dir == "" and "synthetic" in c
+    resolved = loop.resolve_data_dir(c, str(tmp_path))
+    assert resolved.data.dir == str(tmp_path / "data" / "built") and not os.listdir(tmp_path)

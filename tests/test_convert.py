@@ -123,8 +123,8 @@ def test_bad_inputs_name_the_problem(hf_swin_state, tmp_path):
     bad["embeddings.norm.weight"] = np.zeros(5, np.float32)
     with pytest.raises(ValueError, match="patch_embed/norm/scale has shape"):
         convert.from_hf_swin(bad)
-    assert convert_main(["--from", "hf-swin", "--input", str(tmp_path / "missing"), "--output",
-                         str(tmp_path / "o")]) == 1
+    with pytest.raises(FileNotFoundError, match="--input .*missing"):  # one line, exit 2 under cli_errors.run
+        convert_main(["--from", "hf-swin", "--input", str(tmp_path / "missing"), "--output", str(tmp_path / "o")])
 
 
 def test_cli_writes_what_load_variables_reads(tmp_path, capsys):

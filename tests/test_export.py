@@ -100,8 +100,10 @@ def test_bf16_export(workdir, tmp_path):
 
 def test_bad_inputs(workdir, tmp_path):
     wd, _, _ = workdir
-    assert export.main(["--workdir", str(wd), "--step", "3", "--output", str(tmp_path / "x")]) == 2
-    assert export.main(["--workdir", str(tmp_path), "--output", str(tmp_path / "x")]) == 2
+    with pytest.raises(ValueError, match="--step 3"):  # one line, exit 2 under cli_errors.run (test_cli_errors)
+        export.main(["--workdir", str(wd), "--step", "3", "--output", str(tmp_path / "x")])
+    with pytest.raises(FileNotFoundError, match="no checkpoints/ folder"):
+        export.main(["--workdir", str(tmp_path), "--output", str(tmp_path / "x")])
     with pytest.raises(ValueError, match="has steps \\[2, 4\\]"):
         export.restore_variables(str(wd), 7)
 

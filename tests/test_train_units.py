@@ -80,10 +80,14 @@ def test_progress_line_and_eta():
 
 
 @pytest.mark.parametrize("bad", [float("nan"), float("inf"), -float("inf")])
-def test_non_finite_loss_stops_with_the_step(bad):
-    log_lib.check_finite(3, {"loss": 1.0, "stcl": 2.0, "grad_norm": float("inf")})  # grad norm alone: fine
+def test_non_finite_metric_stops_with_the_step(bad):
+    log_lib.check_finite(3, {"loss": 6.8e9, "stcl": 2.0, "grad_norm": 1e30})  # large but finite: fine
     with pytest.raises(FloatingPointError, match="step 17.*stcl"):
         log_lib.check_finite(17, {"loss": 1.0, "stcl": bad})
+    with pytest.raises(FloatingPointError, match="step 3.*grad_norm.*last good checkpoint is step 2"):
+        log_lib.check_finite(3, {"loss": 1.0, "grad_norm": bad}, last_good="the last good checkpoint is step 2")
+    with pytest.raises(FloatingPointError, match="step 4: non-finite parameters"):
+        log_lib.check_finite(4, {"loss": 1.0}, state_finite=False)
 
 
 def test_metric_writer_writes_jsonl_and_tensorboard(tmp_path):
@@ -101,3 +105,71 @@ def test_metric_writer_writes_jsonl_and_tensorboard(tmp_path):
     silent = log_lib.MetricWriter(str(tmp_path / "other"), enabled=False)
     silent.write(1, {"x": 1.0})
     assert not os.path.exists(tmp_path / "other")
+
+
+def test_resume_changes_allowed_and_refused(tmp_path):
+    """What a resume may change (applied and recorded) and what it may not (refused naming the fields, nothing
+    written)."""
+    import sys
+
+    from stcl_jax.training import config_check
+
+    sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs"))
+    import demo
+
+    old = demo.get_config("runlocal")
+    config_check.record_config(old, str(tmp_path), {}, resumed=False)
+    saved = (tmp_path / "config.json").read_text()
+    new = demo.get_config("runlocal")
+    new.total_steps, new.log_every_steps, new.optim.learning_rate, new.eval.at_end = 40, 5, 1e-4, False
+    new.optim.grad_clip_norm = 0.0  # off -> off: the optimizer state keeps its structure
+    allowed = config_check.check_resume(new, str(tmp_path))
+    assert allowed == {"eval.at_end": [True, False], "log_every_steps": [1, 5], "optim.learning_rate": [1e-3, 1e-4],
+                       "total_steps": [4, 40]}
+    config_check.record_config(new, str(tmp_path), allowed, resumed=True)
+    assert json.loads((tmp_path / "config.json").read_text())["total_steps"] == 40
+    rows = [json.loads(line) for line in (tmp_path / "config_history.jsonl").read_text().splitlines()]
+    assert [r["event"] for r in rows] == ["start", "resume"] and rows[1]["changes"]["total_steps"] == [4, 40]
+    saved = (tmp_path / "config.json").read_text()
+    for field, value in (("model.decoder.channels", 8), ("data.crop_size", (32, 32)), ("data.num_frames", 3),
+                         ("global_batch_size", 8), ("seed", 1), ("optim.grad_clip_norm", 1.0)):
+        bad = demo.get_config("runlocal")
+        bad.total_steps = 40
+        *path, leaf = field.split(".")
+        node = bad
+        for p in path:
+            node = node[p]
+        node[leaf] = value
+        with pytest.raises(ValueError, match=f"cannot resume .* with a changed {field} ") as e:
+            config_check.check_resume(bad, str(tmp_path))
+        assert "\n" not in str(e.value)
+    assert (tmp_path / "config.json").read_text() == saved
+    old_json = json.loads(saved)
+    del old_json["eval"]["rerun"]  # a field added by a newer version: an allowed change
+    assert config_check.changes(old_json, config_check.config_as_json(new)) == ({}, {"eval.rerun": ["<absent>",
+                                                                                                   False]})
+
+
+def test_state_flag_stops_a_finite_loss_with_a_non_finite_update():
+    """The issue's case: the loss is still finite (6.8e9) but the update made parameters NaN. The step's flag
+    catches it and the logger (called before every save) stops naming the last good checkpoint."""
+    import jax.numpy as jnp
+
+    from stcl_jax.training import loop
+
+    params = {"w": jnp.ones((3, 2)), "b": jnp.zeros(2)}
+    metrics = {"loss": jnp.float32(6.8e9), "grad_norm": jnp.float32(1e20), "lr": jnp.float32(1e6)}
+    assert bool(loop.all_finite(metrics, params, {}))
+    poisoned = {"w": params["w"].at[1, 0].set(jnp.nan), "b": params["b"]}
+    assert not bool(loop.all_finite(metrics, poisoned, {}))
+    assert not bool(loop.all_finite(metrics, params, {"bn": {"var": jnp.array([1.0, jnp.inf])}}))
+    assert not bool(loop.all_finite({**metrics, "grad_norm": jnp.float32(jnp.nan)}, params, {}))
+
+    class Config:
+        log_every_steps, total_steps = 100, 1000
+
+    logger = loop._StepLogger(Config, writer=None, progress=None,
+                              last_good=lambda: "the last good checkpoint is step 6 in /w/checkpoints")
+    logger.record(7, {**metrics, loop.FINITE: jnp.bool_(True)})
+    with pytest.raises(FloatingPointError, match="step 8: non-finite parameters .* last good checkpoint is step 6"):
+        logger.record(8, {**metrics, loop.FINITE: jnp.bool_(False)})

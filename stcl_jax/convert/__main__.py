@@ -12,16 +12,14 @@ Backbone-only sources write only `params/backbone`; training initialises the res
 from __future__ import annotations
 
 import argparse
-import logging
-import sys
 
-from stcl_jax import convert
+from stcl_jax import cli_errors, convert
 from stcl_jax.convert import cnn
 from stcl_jax.models.io import save_variables
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m stcl_jax.convert", description=__doc__,
+    parser = cli_errors.ArgumentParser(prog="python -m stcl_jax.convert", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--from", dest="source", required=True, choices=(*convert.SOURCES, *cnn.SOURCES),
                         help="checkpoint format")
@@ -31,8 +29,9 @@ def main(argv=None) -> int:
                         help="target window size; relative-position tables are interpolated if it differs")
     parser.add_argument("--num-classes", type=int, default=None,
                         help="classes of the model config written for a backbone-only import (default 124)")
+    cli_errors.add_verbose_flag(parser)
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    cli_errors.quiet_logging(args.verbose)
 
     try:
         state_dict, hf_config = convert.load_state_dict(args.input)
@@ -48,8 +47,7 @@ def main(argv=None) -> int:
         if not full and args.num_classes:
             cfg.num_classes = args.num_classes
     except (ValueError, FileNotFoundError, ImportError) as e:
-        print(f"error: {args.input}: {e}", file=sys.stderr)
-        return 1
+        raise type(e)(f"--input {args.input}: {cli_errors.one_line(e)}") from e
     save_variables(args.output, variables, cfg)
     print(report)
     encoder = f"window {cfg.swin.window_size}" if cfg.backbone == "swin" else f"{cfg.backbone} {cfg.cnn.depths}"
@@ -58,4 +56,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    cli_errors.run(main)

@@ -189,4 +189,6 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    main()
+    from stcl_jax import cli_errors
+
+    cli_errors.run(main)

@@ -28,23 +28,24 @@ def load_config(spec: str):
     return load_config_module(path).get_config(arg)
 
 
-def load_member(path: str):
-    """(apply_fn, variables, model_config) of an export dir or a training workdir."""
+def load_member(path: str, what: str = "--checkpoint"):
+    """(apply_fn, variables, model_config) of an export dir or a training workdir; `what` (the flag) names it in
+    errors."""
     from stcl_jax.evaluation import inference
     from stcl_jax.models import build_segmenter
 
     from stcl_jax.export import load_trained_variables
 
-    variables, model_cfg = load_trained_variables(path, "--checkpoints")
+    variables, model_cfg = load_trained_variables(path, what)
     return inference.segmenter_apply(build_segmenter(model_cfg)), variables, model_cfg
 
 
-def load_members(paths) -> list:
-    """[(apply_fn, variables)] of params-only dirs or training workdirs."""
+def load_members(paths, flags=None) -> list:
+    """[(apply_fn, variables)] of params-only dirs or training workdirs; `flags[i]` names path i in errors."""
     members = []
-    for path in paths:
+    for path, flag in zip(paths, flags or ["--checkpoint"] * len(paths)):
         try:
-            members.append(load_member(path)[:2])
+            members.append(load_member(path, flag)[:2])
         except ModuleNotFoundError as e:
             raise RuntimeError(f"checkpoint {path}: loading it needs {e.name}, which is missing; export the "
                                "workdir to a params-only dir with `python -m stcl_jax.export` first") from e
@@ -69,10 +70,13 @@ def inference_options(a, config=None) -> dict:
                 batch_size=a.batch_size)
 
 
-def members_and_options(a) -> tuple[list, dict]:
-    """Initialises the distributed runtime (--distributed), loads --checkpoint + --ensemble, resolves the options."""
+def members_and_options(a, checkpoint_flag: str = "--checkpoint") -> tuple[list, dict]:
+    """Initialises the distributed runtime (--distributed), loads --checkpoint + --ensemble, resolves the options.
+
+    `checkpoint_flag`: the flag that gave `a.checkpoint` (named in errors; the others came from --ensemble)."""
     from stcl_jax.training import mesh
 
     mesh.initialize_distributed(a.distributed)
     config = load_config(a.config) if a.config else None
-    return load_members([a.checkpoint, *a.ensemble]), inference_options(a, config)
+    flags = [checkpoint_flag] + ["--ensemble"] * len(a.ensemble)
+    return load_members([a.checkpoint, *a.ensemble], flags), inference_options(a, config)

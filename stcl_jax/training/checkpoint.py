@@ -1,17 +1,28 @@
-"""One Orbax CheckpointManager for the train state and the grain data-iterator state, plus preemption.
+"""One Orbax CheckpointManager for the train state and the grain data-iterator state, plus integrity and preemption.
 
-Layout: `workdir/checkpoints/<step>/{state, data_iter}` (docs/design.md). Saves are asynchronous (the arrays are
-copied to host memory in `save`, then written in a background thread); Orbax writes each step into a temporary
-directory and renames it only when complete, so a process killed in the middle of a save leaves the previous
-checkpoints intact and the partial one is not seen as a step (it is cleaned up on the next start).
+Layout: `workdir/checkpoints/<step>/{state, data_iter, sha256.json}` (docs/design.md). Saves are asynchronous (the
+arrays are copied to host memory in `save`, then written in a background thread); Orbax writes each step into a
+temporary directory and renames it only when complete, so a process killed in the middle of a save leaves the
+previous checkpoints intact and the partial one is not seen as a step (it is cleaned up on the next start).
+
+Integrity: when a save is finalised (Orbax's post-finalisation callback, still in the temporary directory, so the
+digest appears with the checkpoint in one rename) process 0 writes `sha256.json`: the size and SHA-256 of every
+file under `state/` and `data_iter/`. `restore_latest` verifies the newest checkpoint against it and falls back to
+the newest intact one, with a warning naming each bad step, which is moved to `workdir/checkpoints.bad/` (out of
+Orbax's keep-K garbage collection, so a bad newest checkpoint never costs the last good one). A step without a
+digest counts as bad unless it predates this version (`workdir/checkpoint_integrity.json` lists those). No intact
+checkpoint at all: `CheckpointIntegrityError`, one line.
 
 Preemption: `PreemptionWatcher` turns SIGTERM into a flag the loop polls; with several processes it also asks
 Orbax/JAX's preemption sync point (set up by `jax.distributed.initialize`), so that all processes stop at the same
 step and write one consistent checkpoint.
 """
 
+import hashlib
+import json
 import logging
 import os
+import shutil
 import signal
 
 import grain
@@ -19,61 +30,257 @@ import jax
 import orbax.checkpoint as ocp
 
 log = logging.getLogger("stcl_jax.train")
+DIGEST = "sha256.json"
+# next to checkpoints/ (Orbax's folder holds step folders only): {"version": 1, "undigested_steps": [...]}
+INTEGRITY = "checkpoint_integrity.json"
+ITEMS = ("state", "data_iter")
+_CHUNK = 1 << 22
+
+
+class CheckpointIntegrityError(RuntimeError):
+    """No checkpoint of the workdir passes its digest check (the message lists each bad step and why)."""
+
+
+# ------------------------------------------------------------------------------------------------ digests
+def _files(step_dir: str) -> list[str]:
+    """The files of the items of a step folder, relative to it, sorted."""
+    out = []
+    for item in ITEMS:
+        for root, _, files in os.walk(os.path.join(step_dir, item)):
+            out += [os.path.relpath(os.path.join(root, f), step_dir) for f in files]
+    return sorted(out)
+
+
+def _sha256(path: str) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(_CHUNK):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def file_digests(step_dir: str) -> dict:
+    """{relative path: [size, sha256]} of every file under the step's state/ and data_iter/."""
+    return {rel: [os.path.getsize(os.path.join(step_dir, rel)), _sha256(os.path.join(step_dir, rel))]
+            for rel in _files(step_dir)}
+
+
+def write_digest(step_dir: str) -> None:
+    digests = file_digests(step_dir)
+    tmp = os.path.join(step_dir, DIGEST + ".tmp")
+    with open(tmp, "w", encoding="utf-8") as f:
+        json.dump({"version": 1, "files": digests}, f, indent=0)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, os.path.join(step_dir, DIGEST))
+
+
+def check_step(directory: str, step: int) -> str | None:
+    """None when checkpoint `step` in `directory` matches its digest, else why not (one phrase).
+
+    A step listed in `directory/../checkpoint_integrity.json` as saved before digests existed passes unchecked."""
+    step_dir = os.path.join(directory, str(step))
+    path = os.path.join(step_dir, DIGEST)
+    if not os.path.isfile(path):
+        if step in _read_integrity(directory).get("undigested_steps", []):
+            return None
+        return f"no {DIGEST} (the save did not finish, or the folder was emptied or replaced)"
+    try:
+        with open(path, encoding="utf-8") as f:
+            expected = json.load(f)["files"]
+    except (OSError, ValueError, KeyError) as e:
+        return f"{DIGEST} unreadable ({e})"
+    present = set(_files(step_dir))
+    missing = sorted(set(expected) - present)
+    if missing:
+        return f"{len(missing)} file(s) missing, e.g. {missing[0]}"
+    extra = sorted(present - set(expected))
+    if extra:
+        return f"{len(extra)} file(s) not in the digest, e.g. {extra[0]}"
+    for rel, (size, sha) in expected.items():
+        full = os.path.join(step_dir, rel)
+        if os.path.getsize(full) != size:
+            return f"{rel} is {os.path.getsize(full)} bytes, {size} when saved (truncated or appended)"
+        if _sha256(full) != sha:
+            return f"{rel} differs from the saved contents (sha256 mismatch)"
+    return None
+
+
+def integrity_path(directory: str) -> str:
+    return os.path.join(os.path.dirname(os.path.abspath(directory)), INTEGRITY)
+
+
+def _read_integrity(directory: str) -> dict:
+    try:
+        with open(integrity_path(directory), encoding="utf-8") as f:
+            return json.load(f)
+    except (OSError, ValueError):
+        return {}
+
+
+def step_folders(directory: str) -> list[int]:
+    """Steps of the (renamed, so complete as far as Orbax knows) step folders in `directory`, ascending."""
+    if not os.path.isdir(directory):
+        return []
+    return sorted(int(d) for d in os.listdir(directory) if d.isdigit() and os.path.isdir(os.path.join(directory, d)))
+
+
+def newest_intact_step(directory: str, steps=None) -> tuple[int | None, dict]:
+    """(the newest step that passes `check_step`, {newer bad step: reason}); warns naming each bad step."""
+    bad = {}
+    for step in reversed(step_folders(directory) if steps is None else sorted(steps)):
+        reason = check_step(directory, step)
+        if reason is None:
+            return step, bad
+        log.warning("checkpoint step %d in %s is damaged: %s; trying an older one", step, directory, reason)
+        bad[step] = reason
+    return None, bad
+
+
+def no_intact_error(directory: str, bad: dict) -> CheckpointIntegrityError:
+    listed = "; ".join(f"step {s}: {r}" for s, r in sorted(bad.items()))
+    return CheckpointIntegrityError(f"no intact checkpoint in {directory} ({listed}); move the folder away to "
+                                    "start over, or restore a backup of it")
 
 
 class Checkpointer:
-    """Saves and restores {"state": TrainState pytree, "data_iter": grain iterator} every N steps, keeping K."""
+    """Saves and restores {"state": TrainState pytree, "data_iter": grain iterator} every N steps, keeping K; each
+    checkpoint carries a digest of its files, verified by `restore_latest`."""
 
     def __init__(self, workdir: str, *, every_steps: int, keep: int, async_save: bool = True):
         if every_steps <= 0:
             raise ValueError(f"config.checkpoint_every_steps must be > 0, got {every_steps}")
         if keep <= 0:
             raise ValueError(f"config.keep_checkpoints must be > 0, got {keep}")
-        self.directory = os.path.join(os.path.abspath(workdir), "checkpoints")
+        self.workdir = os.path.abspath(workdir)
+        self.directory = os.path.join(self.workdir, "checkpoints")
         self.every_steps = every_steps
+        self.async_save = async_save
+        self._saving = None  # the step whose async save is in flight
+        self.last_good_step = None  # newest step restored or saved by this run (finite, digest written)
+        self._mark_undigested_steps()
+        _sync("stcl_jax checkpoint integrity file")
+        callback = ocp.AsyncOptions(post_finalization_callback=self._digest_in_flight) if async_save else None
         options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=True, cleanup_tmp_directories=True,
-                                               enable_async_checkpointing=async_save)
-        self.manager = ocp.CheckpointManager(self.directory, options=options, item_names=("state", "data_iter"))
+                                               enable_async_checkpointing=async_save, async_options=callback)
+        self.manager = ocp.CheckpointManager(self.directory, options=options, item_names=ITEMS)
+
+    def _mark_undigested_steps(self):
+        """The first time this version opens a workdir, its existing steps (saved without digests) are listed."""
+        if jax.process_index() != 0 or os.path.isfile(integrity_path(self.directory)):
+            return
+        os.makedirs(self.directory, exist_ok=True)
+        old = [s for s in step_folders(self.directory) if not os.path.isfile(os.path.join(self.directory, str(s),
+                                                                                           DIGEST))]
+        with open(integrity_path(self.directory), "w", encoding="utf-8") as f:
+            json.dump({"version": 1, "undigested_steps": old}, f)
+
+    def _step_dir_being_written(self, step: int) -> str:
+        """Orbax's temporary folder of `step` (renamed to `<step>` right after the finalisation callback)."""
+        names = [d for d in os.listdir(self.directory) if d.startswith(f"{step}.orbax-checkpoint-tmp")]
+        return os.path.join(self.directory, names[0] if names else str(step))
+
+    def _digest_in_flight(self):
+        if self._saving is not None and jax.process_index() == 0:
+            write_digest(self._step_dir_being_written(self._saving))
 
     def latest_step(self):
-        """The newest complete checkpoint's step, or None."""
+        """The newest complete checkpoint's step (unverified), or None."""
         return self.manager.latest_step()
 
     def should_save(self, step: int, total_steps: int) -> bool:
         return step % self.every_steps == 0 or step == total_steps
 
     def save(self, step: int, state, data_iter, *, force: bool = False) -> bool:
-        """Starts an (async) save of `state` and the iterator position at `step`; returns whether it saved."""
+        """Starts an (async) save of `state` and the iterator position at `step`; returns whether it saved.
+
+        The caller checks that `state` is finite first (the training loop does, for every save)."""
+        self.manager.wait_until_finished()  # the previous save's digest is written before `_saving` moves on
         args = ocp.args.Composite(state=ocp.args.StandardSave(state),
                                   data_iter=grain.checkpoint.CheckpointSave(data_iter))
+        self._saving = step
         saved = self.manager.save(step, args=args, force=force)
         if saved:
+            if not self.async_save and jax.process_index() == 0:
+                write_digest(os.path.join(self.directory, str(step)))
+            self.last_good_step = step
             log.info("checkpoint: saving step %d to %s", step, self.directory)
         return saved
 
     def restore(self, step: int, abstract_state, data_iter):
         """The TrainState at `step`, each leaf in the sharding of `abstract_state`; moves `data_iter` in place.
 
-        `abstract_state`: a pytree of jax.ShapeDtypeStruct with `sharding` set (the shapes of a fresh state).
-        """
+        `abstract_state`: a pytree of jax.ShapeDtypeStruct with `sharding` set (the shapes of a fresh state)."""
         args = ocp.args.Composite(state=ocp.args.StandardRestore(abstract_state),
                                   data_iter=grain.checkpoint.CheckpointRestore(data_iter))
         try:
             restored = self.manager.restore(step, args=args)
         except Exception as e:  # the message of a shape/structure mismatch is long and does not say what to do
+            first = " ".join(str(e).split())[:300]
             raise RuntimeError(
-                f"could not restore checkpoint step {step} from {self.directory}: {e}\nThe checkpoint was probably "
-                "written with another model/optimizer config; use a fresh --workdir or the config it was "
-                "trained with (saved as config.json in the workdir).") from e
+                f"could not restore checkpoint step {step} from {self.directory} ({type(e).__name__}: {first}). It "
+                "was probably written with another model/optimizer config: train with the config it was trained "
+                "with (config.json in the workdir) or in a fresh --workdir") from e
         log.info("checkpoint: restored step %d from %s", step, self.directory)
+        self.last_good_step = step
         return restored["state"]
+
+    def intact_latest_step(self):
+        """The newest checkpoint that matches its digest, or None when there is none at all.
+
+        Damaged newer steps are warned about and moved to `workdir/checkpoints.bad/<step>` (process 0), so that
+        training can save those steps again and keep-K never counts them. Raises CheckpointIntegrityError when
+        step folders exist but none is intact."""
+        _sync("stcl_jax checkpoints before verification")  # every process judges the same folders
+        step, bad = newest_intact_step(self.directory)
+        _sync("stcl_jax checkpoints verified")  # and none is moved before all have looked
+        if bad:
+            self._quarantine(bad)
+        _sync("stcl_jax damaged checkpoints moved")
+        if bad:
+            self.manager.reload()
+            if step is None:
+                raise no_intact_error(self.directory, bad)
+            log.warning("resuming from step %d, the newest intact checkpoint", step)
+        return step
+
+    def _quarantine(self, bad: dict):
+        self.manager.wait_until_finished()
+        if jax.process_index() == 0:
+            target_root = os.path.join(self.workdir, "checkpoints.bad")
+            os.makedirs(target_root, exist_ok=True)
+            for step, reason in bad.items():
+                target = os.path.join(target_root, str(step))
+                n = 1
+                while os.path.exists(target):
+                    target, n = os.path.join(target_root, f"{step}.{n}"), n + 1
+                shutil.move(os.path.join(self.directory, str(step)), target)
+                with open(target + ".reason.txt", "w", encoding="utf-8") as f:
+                    f.write(reason + "\n")
+                log.warning("moved the damaged checkpoint step %d to %s", step, target)
+
+    def last_good_description(self) -> str:
+        if self.last_good_step is None:
+            return "there is no earlier checkpoint of this run"
+        return f"the last good checkpoint is step {self.last_good_step} in {self.directory}"
 
     def wait_until_finished(self):
         self.manager.wait_until_finished()
 
     def close(self):
-        self.manager.wait_until_finished()
-        self.manager.close()
+        """Waits for the save in flight and closes the manager (again: a no-op)."""
+        if self.manager is not None:
+            self.manager.wait_until_finished()
+            self.manager.close()
+            self.manager = None
+
+
+def _sync(name: str):
+    """A barrier over all processes (nothing with one)."""
+    if jax.process_count() > 1:
+        from jax.experimental import multihost_utils
+
+        multihost_utils.sync_global_devices(name)
 
 
 def abstract_with_shardings(abstract_state, shardings):

@@ -1,9 +1,11 @@
 """The training loop: `train_and_evaluate(config, workdir)`.
 
-Stages: data -> mesh, model, optimizer -> state (restored from the newest checkpoint, else initialised, else
-`config.init_from`) -> one train step compiled once (memory use logged) -> the loop (metrics fetched one step
-late, progress line, TensorBoard + JSONL, NaN/inf stop, async checkpoints, SIGTERM save-and-exit) -> final
-checkpoint and validation mIoU.
+Stages: config checks (whole config validated; a resume compared with workdir/config.json, see
+`config_check`) -> data -> mesh, model, optimizer -> state (restored from the newest intact checkpoint, else
+initialised, else `config.init_from`) -> one train step compiled once (memory use logged) -> the loop (metrics
+fetched one step late, progress line, TensorBoard + JSONL + workdir/train.log, NaN/inf stop naming the last good
+checkpoint, async checkpoints of checked-finite states only, SIGTERM save-and-exit) -> final checkpoint and
+validation mIoU. A finished run returns before compiling anything.
 
 Loss per step (clips of T frames, frame 0 the query): 1.0 CE(logits) + 0.4 CE(aux_logits) over every frame,
 + 0.2 STCL(embeddings of the clip, labels taken at the embedding stride by `downsample_labels`; clips whose
@@ -23,6 +25,7 @@ import optax
 from stcl_jax import losses
 from stcl_jax.models import build_segmenter
 from stcl_jax.training import checkpoint as ckpt_lib
+from stcl_jax.training import config_check
 from stcl_jax.training import inputs as inputs_lib
 from stcl_jax.training import logging as log_lib
 from stcl_jax.training import mesh as mesh_lib
@@ -38,7 +41,7 @@ def make_train_step(model, tx, schedule, config):
     "stcl": (B,) bool} (+ "image_hw" (B, 2) with uint8 images: see stcl_jax.training.inputs)."""
     lc = config.loss
     ignore = config.data.ignore_index
-    ce_average = lc.get("ce_average", "all")  # configs that predate the field: mmseg's reduction
+    ce_average = lc.ce_average
     if ce_average not in losses.segmentation.AVERAGES:
         raise ValueError(f"config.loss.ce_average={ce_average!r}: expected one of {losses.segmentation.AVERAGES}")
 
@@ -73,10 +76,21 @@ def make_train_step(model, tx, schedule, config):
         updates, opt_state = tx.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
         metrics = {"loss": loss, **terms, "lr": schedule(state.step), "grad_norm": optax.global_norm(grads)}
+        metrics[FINITE] = all_finite(metrics, params, batch_stats)
         new = state.replace(step=state.step + 1, params=params, batch_stats=batch_stats, opt_state=opt_state)
         return new, metrics
 
     return step
+
+
+FINITE = "state_finite"  # the step's flag: every metric and every updated parameter / statistic is finite
+
+
+def all_finite(*trees):
+    """One bool: every leaf of `trees` is finite (a cheap reduction inside the step)."""
+    flags = [jnp.isfinite(x).all() for x in jax.tree_util.tree_leaves(trees)
+             if jnp.issubdtype(jnp.result_type(x), jnp.inexact)]
+    return jnp.all(jnp.stack(flags)) if flags else jnp.bool_(True)
 
 
 def compile_train_step(step_fn, abstract_state, state_shardings, batch_shapes, mesh):
@@ -114,8 +128,9 @@ def log_memory(compiled) -> dict:
 
 
 # ------------------------------------------------------------------------------------------------------- data
-def prepare_data(config, workdir):
-    """The config with `data.dir` set: given, or (configs with a `synthetic` block) generated in the workdir."""
+def resolve_data_dir(config, workdir):
+    """The config with `data.dir` set: given (it must exist), or (configs with a `synthetic` block) the workdir's
+    generated dataset, `workdir/data/built` (written by `prepare_data`). Touches nothing."""
     if config.data.dir:
         if not os.path.isdir(config.data.dir):
             raise FileNotFoundError(f"config.data.dir={config.data.dir!r} does not exist: build a dataset with "
@@ -124,20 +139,27 @@ def prepare_data(config, workdir):
     if "synthetic" not in config:
         raise ValueError("config.data.dir is empty: set --config.data.dir=DIR (a dataset built by "
                          "`python -m stcl_jax.data.build`), or use configs/demo.py, which generates one")
-    s = config.synthetic
-    raw, built = os.path.join(workdir, "data", "raw"), os.path.join(workdir, "data", "built")
-    done = os.path.join(built, ".complete")
-    if jax.process_index() == 0 and not os.path.exists(done):
-        _write_synthetic(s, raw, built, (config.data.train_split, config.data.val_split))
-        open(done, "w").close()
-    if jax.process_count() > 1:
-        from jax.experimental import multihost_utils
-
-        multihost_utils.sync_global_devices("stcl_jax synthetic data ready")
     config = config.copy_and_resolve_references()
     with config.unlocked():
-        config.data.dir = built
+        config.data.dir = os.path.join(workdir, "data", "built")
     config.lock()
+    return config
+
+
+def prepare_data(config, workdir):
+    """`resolve_data_dir`, then generates the `synthetic` dataset into the workdir when it is not there yet."""
+    generated = not config.data.dir
+    config = resolve_data_dir(config, workdir)
+    if generated:
+        raw, built = os.path.join(workdir, "data", "raw"), config.data.dir
+        done = os.path.join(built, ".complete")
+        if jax.process_index() == 0 and not os.path.exists(done):
+            _write_synthetic(config.synthetic, raw, built, (config.data.train_split, config.data.val_split))
+            open(done, "w").close()
+        if jax.process_count() > 1:
+            from jax.experimental import multihost_utils
+
+            multihost_utils.sync_global_devices("stcl_jax synthetic data ready")
     return config
 
 
@@ -162,21 +184,40 @@ def _write_synthetic(s, raw, built, splits):
     build_dataset(raw, built, splits=splits, dataset=layout)
 
 
-def save_config(config, workdir):
-    if jax.process_index() == 0:
-        os.makedirs(workdir, exist_ok=True)
-        with open(os.path.join(workdir, "config.json"), "w", encoding="utf-8") as f:
-            f.write(config.to_json_best_effort(indent=2, sort_keys=True))
-
-
 # ------------------------------------------------------------------------------------------------------- loop
 def train_and_evaluate(config, workdir: str) -> dict:
-    """Trains `config` in `workdir` (resuming from its newest checkpoint) and returns the final metrics."""
+    """Trains `config` in `workdir` (resuming from its newest intact checkpoint) and returns the final metrics.
+
+    Before anything is written: the config is validated and compared with the workdir's config.json
+    (stcl_jax.training.config_check). A finished run (its newest checkpoint at config.total_steps) returns at
+    once, unless `config.eval.rerun` asks to evaluate it again."""
+    workdir = os.path.abspath(workdir)
+    if os.path.exists(workdir) and not os.path.isdir(workdir):
+        raise NotADirectoryError(f"--workdir {workdir} is a file, not a folder")
+    config_check.validate(config)
+    has_checkpoints = bool(ckpt_lib.step_folders(os.path.join(workdir, "checkpoints")))
+    allowed = config_check.check_resume(resolve_data_dir(config, workdir), workdir) if has_checkpoints else {}
+    config = prepare_data(config, workdir)
+    config_check.check_val_split(config)
+    config_check.record_config(config, workdir, allowed, resumed=has_checkpoints)
+    with log_lib.log_file(os.path.join(workdir, "train.log")):
+        checkpointer = ckpt_lib.Checkpointer(workdir, every_steps=config.checkpoint_every_steps,
+                                             keep=config.keep_checkpoints)
+        try:
+            return _train(config, workdir, checkpointer)
+        finally:
+            checkpointer.close()  # waits for the async save in flight (also when the run fails)
+
+
+def _train(config, workdir: str, checkpointer) -> dict:
     from stcl_jax.data.pipeline import make_train_loader
 
-    workdir = os.path.abspath(workdir)
-    config = prepare_data(config, workdir)
-    save_config(config, workdir)
+    latest = checkpointer.intact_latest_step()
+    rerun = bool(config.eval.get("rerun", False))
+    if latest is not None and latest >= config.total_steps and not rerun:
+        log.info("already at step %d of %d in %s: nothing to train (set --config.eval.rerun=True to evaluate "
+                 "it again, or raise --config.total_steps to train on)", latest, config.total_steps, workdir)
+        return {**log_lib.last_logged(workdir), "step": latest}
 
     # --- mesh, model, optimizer, data
     mesh = mesh_lib.make_mesh()
@@ -195,9 +236,6 @@ def train_and_evaluate(config, workdir: str) -> dict:
     if config.mesh.fsdp:
         split = [s for s in jax.tree_util.tree_leaves(shardings) if not s.is_fully_replicated]
         log.info("FSDP: %d of %d state leaves split over 'data'", len(split), len(jax.tree_util.tree_leaves(shardings)))
-    checkpointer = ckpt_lib.Checkpointer(workdir, every_steps=config.checkpoint_every_steps,
-                                         keep=config.keep_checkpoints)
-    latest = checkpointer.latest_step()
     if latest is not None:
         state = checkpointer.restore(latest, ckpt_lib.abstract_with_shardings(abstract, shardings), data_iter)
     else:
@@ -205,22 +243,22 @@ def train_and_evaluate(config, workdir: str) -> dict:
         if config.init_from:
             state = _init_from(config.init_from, state, tx, shardings, workdir,
                                tuple(config.get("init_from_reset", ())))
+    step = int(state.step)
     log.info("model: %.2f M parameters; starting at step %d of %d", state_lib.param_count(state.params) / 1e6,
-             int(state.step), config.total_steps)
+             step, config.total_steps)
 
-    # --- the step, compiled once
+    # --- the step, compiled once (not for a finished run that is only evaluated again)
     g = config.global_batch_size
-    batch_shapes = inputs_lib.batch_spec(config, g)
     local_spec = inputs_lib.batch_spec(config, local_batch)
-    train_step = compile_train_step(make_train_step(model, tx, schedule, config), abstract, shardings,
-                                    batch_shapes, mesh)
+    if step < config.total_steps:
+        train_step = compile_train_step(make_train_step(model, tx, schedule, config), abstract, shardings,
+                                        inputs_lib.batch_spec(config, g), mesh)
 
     # --- the loop
-    writer = log_lib.MetricWriter(workdir)
+    writer = log_lib.MetricWriter(workdir, resume_step=step)
     watcher = ckpt_lib.PreemptionWatcher(checkpointer.manager)
-    step = int(state.step)
     progress = log_lib.Progress(config.total_steps, g * frames, start_step=step)
-    logger = _StepLogger(config, writer, progress)
+    logger = _StepLogger(config, writer, progress, checkpointer.last_good_description)
     pending = None  # (step, device metrics) of the previous step: fetched after the next step is dispatched
     final = {}
     try:
@@ -234,7 +272,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
             preempted = watcher.preempted(step)
             if preempted or checkpointer.should_save(step, config.total_steps) or (
                     config.eval_every_steps and step % config.eval_every_steps == 0):
-                logger.record(*pending)  # never checkpoint a state whose loss was not checked
+                logger.record(*pending)  # never checkpoint (or evaluate) a state that was not checked finite
                 pending = None
                 checkpointer.save(step, state, data_iter, force=preempted)
             if config.eval_every_steps and step % config.eval_every_steps == 0 and step < config.total_steps:
@@ -245,7 +283,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
         if pending is not None:
             logger.record(*pending)
         final = dict(logger.last)
-        if step >= config.total_steps and config.eval.at_end:
+        if step >= config.total_steps and (config.eval.at_end or rerun):
             scores = evaluate(config, model, state, step)
             writer.write(step, scores)
             final.update(scores)
@@ -280,16 +318,20 @@ def _init_from(path, state, tx, shardings, workdir, reset_patterns=()):
 
 
 class _StepLogger:
-    """Checks and accumulates the per-step metrics; every `log_every_steps` writes their means and a progress line."""
+    """Checks and accumulates the per-step metrics; every `log_every_steps` writes their means and a progress line.
 
-    def __init__(self, config, writer, progress):
+    `last_good()` describes the last good checkpoint, for the message when a step is not finite."""
+
+    def __init__(self, config, writer, progress, last_good=lambda: ""):
         self.every, self.total = config.log_every_steps, config.total_steps
-        self.writer, self.progress = writer, progress
+        self.writer, self.progress, self.last_good = writer, progress, last_good
         self.sums, self.count, self.last = {}, 0, {}
 
     def record(self, step, device_metrics):
-        m = {k: float(v) for k, v in jax.device_get(device_metrics).items()}
-        log_lib.check_finite(step, m)
+        m = jax.device_get(device_metrics)
+        state_finite = bool(m.pop(FINITE, True))
+        m = {k: float(v) for k, v in m.items()}
+        log_lib.check_finite(step, m, state_finite, self.last_good())
         self.last = m
         for k, v in m.items():
             self.sums[k] = self.sums.get(k, 0.0) + v

@@ -86,7 +86,7 @@ def main(argv=None):
     labels[rng.random(labels.shape) < 0.05] = 255
     labels = jnp.asarray(labels)
     variants = {"old": lambda x, y: old_cross_entropy(old_resize(x, out_hw), y),
-                "new": lambda x, y: cross_entropy(resize_bilinear(x, out_hw), y)}
+                "new": lambda x, y: cross_entropy(resize_bilinear(x, out_hw), y, average="valid")}  # old: valid mean
     figures, results = {}, {}
     for name, loss in variants.items():
         fn = jax.jit(jax.value_and_grad(loss))

@@ -19,7 +19,7 @@
 # JAX processes preallocate XLA_PYTHON_CLIENT_MEM_FRACTION (0.90) of the GPU; torch processes never import JAX
 # onto the GPU (and run with XLA_PYTHON_CLIENT_PREALLOCATE=false in case something does); each process starts
 # with a fresh allocator, so every peak is its own. Extra train-step flags: SUITE_TRAIN_FLAGS (e.g.
-# "--stcl-pool 2 --stcl-feature stage2 --stcl-impl rows"), passed to both JAX train-step variants.
+# "--stcl-feature fused --stcl-impl tiled": the previous default), passed to both JAX train-step variants.
 set -uo pipefail
 cd "$(dirname "$0")/.." || exit 1
 

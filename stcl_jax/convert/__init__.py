@@ -80,6 +80,14 @@ def _leaf(module: str, kind: str, value: np.ndarray) -> tuple[str, str]:
     raise ValueError(f"unexpected parameter kind {kind!r} for {module}")
 
 
+
+def aux_head_overrides(aux: dict, stage1_channels: int) -> dict:
+    """model_config overrides read off an FCN auxiliary head's parameters (stage i has 2**i x stage 1's width)."""
+    in_ch = aux["convs_0"]["conv"]["kernel"].shape[2]
+    return {"aux.channels": aux["conv_seg"]["kernel"].shape[2],
+            "aux.num_convs": len([k for k in aux if k.startswith("convs_")]),
+            "aux.in_index": int(round(math.log2(in_ch / stage1_channels)))}
+
 def convert_state_dict(state_dict, source: str, *, window_size: int | None = None,
                        num_classes: int | None = None, hf_config: dict | None = None):
     """(variables, model_config, ConversionReport) from a PyTorch state dict of `source` (see SOURCES)."""
@@ -168,11 +176,7 @@ def _infer_config(params: dict, source: str, num_classes, hf_config: dict):
         overrides.update({"decoder.channels": head.shape[2], "decoder.pool_scales": scales})
         num_classes = num_classes or head.shape[3]
     if "auxiliary_head" in params:
-        aux = params["auxiliary_head"]
-        in_ch = aux["convs_0"]["conv"]["kernel"].shape[2]
-        overrides.update({"aux.channels": aux["conv_seg"]["kernel"].shape[2],
-                          "aux.num_convs": len([k for k in aux if k.startswith("convs_")]),
-                          "aux.in_index": int(round(math.log2(in_ch / embed_dim)))})
+        overrides.update(aux_head_overrides(params["auxiliary_head"], embed_dim))
     return make_model_config(size_name(embed_dim, depths, heads), window_size=window,
                              num_classes=num_classes or 124, **overrides)
 

@@ -22,7 +22,7 @@ import re
 import numpy as np
 
 # The package defines these before it imports this module (at its end), so the import is not circular.
-from stcl_jax.convert import ConversionReport, _complete, _load, _set
+from stcl_jax.convert import ConversionReport, _complete, _load, _set, aux_head_overrides
 from stcl_jax.convert.mapping import _DECODER, _apply
 from stcl_jax.convert.tensors import conv_kernel, to_numpy_state_dict
 
@@ -119,11 +119,7 @@ def infer_config(params: dict, num_classes: int | None):
         overrides["decoder.channels"] = head.shape[2]
         num_classes = num_classes or head.shape[3]
     if "auxiliary_head" in params:
-        aux = params["auxiliary_head"]
-        in_ch = aux["convs_0"]["conv"]["kernel"].shape[2]
-        overrides.update({"aux.channels": aux["conv_seg"]["kernel"].shape[2],
-                          "aux.num_convs": len([k for k in aux if k.startswith("convs_")]),
-                          "aux.in_index": int(round(np.log2(in_ch / (4 * overrides["cnn.width"]))))})
+        overrides.update(aux_head_overrides(params["auxiliary_head"], 4 * overrides["cnn.width"]))
     backbone = "resnest101" if split else "resnet50"
     return model_config(backbone, num_classes=num_classes or 124, **overrides)
 

@@ -20,16 +20,13 @@ agreement against the saved JAX labels; both processes build the same weights fr
 
 import argparse
 import json
-import os
-import sys
 import time
 
 import jax
 import numpy as np
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
-import benchlib  # noqa: E402
+import benchlib  # noqa: E402  (bench/ is sys.path[0] when a script of it runs)
+from stcl_jax.data.normalize import IMAGENET_MEAN, IMAGENET_STD  # noqa: E402
 from stcl_jax.evaluation import inference  # noqa: E402
 
 SIZES = {  # embed_dim, depths, heads (Swin paper / mmseg), window as in the VSPW configs
@@ -93,8 +90,8 @@ def torch_predictor(model, args, scales, flip):
     model = model.to(device)
     model.auxiliary_head = None  # inference does not compute the auxiliary head
     dtype = torch.bfloat16 if args.dtype == "bfloat16" else torch.float32
-    mean = torch.tensor(inference.IMAGENET_MEAN, device=device).view(1, 3, 1, 1)
-    std = torch.tensor(inference.IMAGENET_STD, device=device).view(1, 3, 1, 1)
+    mean = torch.tensor(IMAGENET_MEAN, device=device).view(1, 3, 1, 1)
+    std = torch.tensor(IMAGENET_STD, device=device).view(1, 3, 1, 1)
     crop, stride = (args.crop, args.crop), (args.stride, args.stride)
 
     def slide(x):

@@ -12,15 +12,12 @@ the split of one worker's time between decoding and augmentation. The goal is >=
 
 import argparse
 import os
-import sys
 import tempfile
 import time
 
 import numpy as np
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-import benchlib  # noqa: E402
+import benchlib  # noqa: E402  (bench/ is sys.path[0] when a script of it runs)
 
 from stcl_jax.data import augment, build, pipeline, records, synthetic, vspw  # noqa: E402
 

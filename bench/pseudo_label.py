@@ -15,14 +15,12 @@ import argparse
 import json
 import os
 import resource
-import sys
 import tempfile
 import time
 
 import jax
 import numpy as np
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 from stcl_jax import pseudo_label as pl  # noqa: E402
 from stcl_jax.data import records  # noqa: E402
 from stcl_jax.data.build import build_dataset  # noqa: E402

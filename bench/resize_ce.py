@@ -14,14 +14,9 @@ back to back with one block at the end. Also reported: compiled temporaries, and
 from __future__ import annotations
 
 import argparse
-import os
-import sys
 import time
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-sys.path.insert(0, HERE)
-sys.path.insert(0, os.path.join(HERE, ".."))
-import benchlib  # noqa: E402
+import benchlib  # noqa: E402  (bench/ is sys.path[0] when a script of it runs)
 
 
 def parse_args(argv=None):

@@ -48,15 +48,10 @@ def hlo_op_stats(text: str) -> dict:
 
 
 def build_config(args):
-    """The paper's recipe at the bench's sizes (configs/common.py), one device."""
-    import importlib.util
-    import os
+    """The paper's recipe at the bench's sizes (stcl_jax/configs/base.py), one device."""
+    from stcl_jax.configs import base
 
-    path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "configs", "common.py")
-    spec = importlib.util.spec_from_file_location("stcl_bench_common", path)
-    common = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(common)
-    c = common.base_config()
+    c = base.base_config()
     c.global_batch_size = args.clips
     c.data.num_frames = args.frames
     c.data.crop_size = (args.crop, args.crop)

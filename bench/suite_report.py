@@ -18,8 +18,7 @@ import platform
 import subprocess
 import sys
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import benchlib  # noqa: E402
+import benchlib  # noqa: E402  (bench/ is sys.path[0] when a script of it runs)
 
 # Figures shown in the markdown table, in this order, where a record has them.
 KEY_FIGURES = ("img_per_s_per_device", "step_ms", "mfu", "mfu_xla_cost", "device_peak_gib",

@@ -17,12 +17,9 @@ once the model and optimizer exist, so it includes them). Timing: `--warmup` ste
 from __future__ import annotations
 
 import argparse
-import os
-import sys
 import time
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import benchlib  # noqa: E402
+import benchlib  # noqa: E402  (bench/ is sys.path[0] when a script of it runs)
 
 # embed_dim, depths, num_heads, window (as stcl_jax.models.config.SIZES and the VSPW configs; kept here so this
 # script does not import JAX), UperNet channels, aux channels.

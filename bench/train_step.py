@@ -6,8 +6,8 @@
     python bench/train_step.py --smoke               # the same code path at a CPU size (Swin-micro, 32x32)
 
 The step is the real `stcl_jax.training.loop.make_train_step` (AOT-compiled once, donated state, data-parallel over
-the local devices) on random clips. The config is configs/swin_l.py for `--size large` (common.base_config +
-common.model otherwise), so the STCL placement is the training default unless `--stcl-feature` (->
+the local devices) on random clips. The config is configs/swin_l.py for `--size large` (base.base_config +
+base.model otherwise), so the STCL placement is the training default unless `--stcl-feature` (->
 model.projection.feature), `--stcl-pool` (-> loss.stcl_pool) or `--stcl-impl` (-> loss.stcl_implementation, where
 the config has that field) say otherwise.
 
@@ -27,12 +27,7 @@ import os
 import sys
 import time
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-sys.path.insert(0, HERE)
-sys.path.insert(0, os.path.join(HERE, "..", "configs"))
-sys.path.insert(0, os.path.join(HERE, ".."))
-
-import benchlib  # noqa: E402
+import benchlib  # (bench/ is sys.path[0] when a script of it runs)
 
 WINDOW = {"micro": 4, "tiny": 7, "small": 7, "base": 12, "large": 12}
 
@@ -72,18 +67,15 @@ def make_config(args, stcl: bool):
     """The training config of `--size` at the bench's batch and crop, with the STCL overrides applied."""
     import jax
 
-    import common
+    from stcl_jax.configs import base, recipes
 
     if args.size == "large":
-        import swin_l
-
-        c = swin_l.get_config()
-        c.unlock()
+        c = recipes.swin("large", 12)
     else:
-        c = common.base_config()
+        c = base.base_config()
         # --smoke: one block per stage (the smallest Swin with every code path) to keep CPU compilation short
         depths = {"depths": (1, 1, 1, 1)} if args.smoke else {}
-        c.model = common.model(args.size, window_size=WINDOW[args.size], **depths)
+        c.model = base.model(args.size, window_size=WINDOW[args.size], **depths)
     c.global_batch_size = args.clips_per_device * jax.local_device_count()
     c.data.num_frames = args.frames
     c.data.crop_size = (args.crop, args.crop)

@@ -11,25 +11,9 @@ With `data.dir` empty the image set (`synthetic.*`) is generated and built (`--d
 a 4-step smoke variant of both steps.
 """
 
-import os
-import sys
-
-import ml_collections
-
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import common  # noqa: E402
-import demo  # noqa: E402
-from sweeps import get_sweep  # noqa: E402,F401  (named sweeps for python -m stcl_jax.sweep)
+from stcl_jax.configs import base, recipes
+from stcl_jax.configs.sweeps import get_sweep  # noqa: F401  (named sweeps for python -m stcl_jax.sweep)
 
 
 def get_config(arg=None):
-    c = demo.demo_recipe(common.base_config())
-    c.synthetic = ml_collections.ConfigDict(dict(layout="coco-panoptic", train=160, val=24, size=(64, 96), seed=1))
-    c.total_steps = 200
-    c.global_batch_size = 8
-    c.data.num_frames = 1
-    c.optim.warmup_steps = 20
-    c.model = demo.demo_model(num_classes=133)
-    if arg == "runlocal":
-        c.synthetic.train, c.synthetic.val = 8, 4
-    return common.finish(c, arg)
+    return base.finish(recipes.demo_coco_pretrain(arg == "runlocal"), arg)

@@ -10,19 +10,9 @@ encoders: configs/resnet50.py).
 (26 M parameters: far slower on a CPU).
 """
 
-import os
-import sys
-
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import common  # noqa: E402
-import demo  # noqa: E402
-from sweeps import get_sweep  # noqa: E402,F401  (named sweeps for python -m stcl_jax.sweep)
+from stcl_jax.configs import base, recipes
+from stcl_jax.configs.sweeps import get_sweep  # noqa: F401  (named sweeps for python -m stcl_jax.sweep)
 
 
 def get_config(arg=None):
-    c = demo.get_config().unlock()
-    c.model.backbone = "resnet50"
-    c.model.cnn.width, c.model.cnn.stem_width = 16, 16
-    if arg == "runlocal":
-        c.synthetic.videos, c.synthetic.frames = 6, 4
-    return common.finish(c, arg)
+    return base.finish(recipes.demo_resnet50(arg == "runlocal"), arg)

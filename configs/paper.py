@@ -14,28 +14,20 @@ the paper's best single model before pseudo-labels. Table 1's CSwin-L row has no
 encoder here.
 """
 
-import os
-import sys
-
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import common  # noqa: E402  (configs/ is not a package: config_flags loads this file by path)
-import swin_l  # noqa: E402
-import swin_l_coco_pretrain  # noqa: E402
-import swin_l_joint_ade20k  # noqa: E402
-import swin_l_joint_coco  # noqa: E402
-from sweeps import get_sweep  # noqa: E402,F401  (named sweeps for python -m stcl_jax.sweep)
+from stcl_jax.configs import base, recipes
+from stcl_jax.configs.sweeps import get_sweep  # noqa: F401  (named sweeps for python -m stcl_jax.sweep)
 
 NO_STCL, STCL = 0.0, 0.2
 PSEUDO_RATIO = 0.5  # the paper "combines" pseudo-labelled and training data without a ratio; README's default
 
 
-def _from(module):
-    return lambda: module.get_config().unlock()
+def _swin_l():
+    return recipes.swin("large", 12)
 
 
-def _stcl(weight, dim=512, temperature=0.07, base=_from(swin_l)):
+def _stcl(weight, dim=512, temperature=0.07, recipe=_swin_l):
     def build():
-        c = base()
+        c = recipe()
         c.loss.stcl_weight, c.loss.temperature, c.model.projection.dim = weight, temperature, dim
         return c
     return build
@@ -48,15 +40,15 @@ def _pseudo():
 
 
 VARIANTS = {
-    # table 1: encoders, no STCL (Swin-L: AdamW recipe; CNNs: SGD recipe, configs/common.py cnn_config)
-    "table1_resnet50": _stcl(NO_STCL, base=lambda: common.cnn_config("resnet50")),
-    "table1_resnest101": _stcl(NO_STCL, base=lambda: common.cnn_config("resnest101")),
+    # table 1: encoders, no STCL (Swin-L: AdamW recipe; CNNs: SGD recipe, stcl_jax/configs/recipes.py cnn)
+    "table1_resnet50": _stcl(NO_STCL, recipe=lambda: recipes.cnn("resnet50")),
+    "table1_resnest101": _stcl(NO_STCL, recipe=lambda: recipes.cnn("resnest101")),
     "table1_swin_l": _stcl(NO_STCL),
     # table 2: extra data, no STCL
     "table2_swin_l": _stcl(NO_STCL),
-    "table2_ade20k": _stcl(NO_STCL, base=_from(swin_l_joint_ade20k)),
-    "table2_coco": _stcl(NO_STCL, base=_from(swin_l_joint_coco)),
-    "table2_coco_pretrain": _stcl(NO_STCL, base=_from(swin_l_coco_pretrain)),  # stage 1 of COCO-pre
+    "table2_ade20k": _stcl(NO_STCL, recipe=lambda: recipes.joint("ade20k", "ade20k_to_vspw")),
+    "table2_coco": _stcl(NO_STCL, recipe=lambda: recipes.joint("coco", "coco_panoptic_to_vspw")),
+    "table2_coco_pretrain": _stcl(NO_STCL, recipe=recipes.coco_pretrain),  # stage 1 of COCO-pre
     "table2_coco_pre": _stcl(NO_STCL),                    # stage 2: init_from the stage-1 workdir
     # table 3: STCL on the COCO-pre fine-tuning (init_from the table2_coco_pretrain workdir)
     "table3_baseline": _stcl(NO_STCL),
@@ -80,5 +72,5 @@ def get_config(arg=None):
                          "(append ',runlocal' for the tiny one)")
     c = VARIANTS[name]()
     if not c.data.mixture and c.data.num_frames > 1:
-        common.synthetic_runlocal(c, variant)
-    return common.finish(c, variant)
+        base.synthetic_runlocal(c, variant)
+    return base.finish(c, variant)

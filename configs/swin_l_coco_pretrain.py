@@ -14,25 +14,9 @@ COCO-Stuff164k one (80K iterations, batch 16, 512x512 crops of images rescaled t
 VSPW recipe's optimizer. Validation is mIoU over the 133 classes of COCO val2017.
 """
 
-import os
-import sys
-
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import common  # noqa: E402  (configs/ is not a package: config_flags loads this file by path)
-from sweeps import get_sweep  # noqa: E402,F401  (named sweeps for python -m stcl_jax.sweep)
-
-COCO_PANOPTIC_CLASSES = 133
+from stcl_jax.configs import base, recipes
+from stcl_jax.configs.sweeps import get_sweep  # noqa: F401  (named sweeps for python -m stcl_jax.sweep)
 
 
 def get_config(arg=None):
-    c = common.base_config()
-    c.total_steps = 80_000
-    c.data.num_frames = 1
-    c.data.base_size = (512, 2048)
-    c.data.crop_size = (512, 512)
-    c.eval_every_steps = 8_000
-    c.eval.crop = (512, 512)
-    c.eval.stride = (341, 341)
-    c.checkpoint_every_steps = 2_000
-    c.model = common.model("large", window_size=12, num_classes=COCO_PANOPTIC_CLASSES)
-    return common.finish(c, arg)
+    return base.finish(recipes.coco_pretrain(), arg)

@@ -11,13 +11,9 @@ its STCL term is spatial (anchors and contrast from the one image); `single_fram
 instead. The paper does not give the mixing ratio; 0.3 of the clips is an assumption (sweep it with
 `--config.data.mixture.ade20k.ratio`). Validation stays on VSPW val."""
 
-import os
-import sys
-
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import common  # noqa: E402  (configs/ is not a package: config_flags loads this file by path)
-from sweeps import get_sweep  # noqa: E402,F401  (named sweeps for python -m stcl_jax.sweep)
+from stcl_jax.configs import base, recipes
+from stcl_jax.configs.sweeps import get_sweep  # noqa: F401  (named sweeps for python -m stcl_jax.sweep)
 
 
 def get_config(arg=None):
-    return common.joint_config("ade20k", "ade20k_to_vspw", arg)
+    return base.finish(recipes.joint("ade20k", "ade20k_to_vspw"), arg)

@@ -4,7 +4,7 @@
         [--launcher local|slurm|tpu] [--launcher-arg ARG ...] [--override FIELD=VALUE ...] [--dry-run]
     python -m stcl_jax.sweep report DIR [--output DIR]
 
-The config module defines `get_sweep(name) -> list[dict]` next to `get_config` (see configs/sweeps.py). Every
+The config module defines `get_sweep(name) -> list[dict]` next to `get_config` (see stcl_jax/configs/sweeps.py). Every
 point becomes a run in `DIR/<name>`, the name built from the overridden fields (`temperature-0.05_dim-256`), with
 `sweep_point.json` (its overrides) written before it starts and `DIR/sweep.json` listing them all.
 
@@ -15,12 +15,10 @@ a time; pass `--launcher-arg=--tpu=NAME --launcher-arg=--zone=Z` or set TPU_NAME
 commands (for `local`: the equivalent `python -m stcl_jax.train` command lines) and writes nothing.
 
 A point that sets `global_batch_size` without `optim.learning_rate` gets the linear scaling rule of
-configs/sweeps.py (`scaled_batch_overrides`): lr, total steps and warmup follow the batch.
+stcl_jax/configs/sweeps.py (`scaled_batch_overrides`): lr, total steps and warmup follow the batch.
 """
 
-import ast
 import csv
-import importlib.util
 import json
 import math
 import os
@@ -30,78 +28,29 @@ import subprocess
 import sys
 
 from stcl_jax import cli_errors
+from stcl_jax import workdir as workdir_lib
+from stcl_jax.config_files import apply_overrides, load_config_module, parse_override, split_config_spec
+from stcl_jax.configs import sweeps
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 METRICS = ("mIoU", "VC8", "VC16", "loss")
 
 
 # ---------------------------------------------------------------------------------------------------- configs --
-def split_config_spec(spec: str) -> tuple[str, str | None]:
-    """'configs/demo.py:runlocal' -> ('configs/demo.py', 'runlocal'); no ':' -> (path, None)."""
-    path, _, arg = spec.partition(":")
-    return path, (arg or None)
-
-
-def load_config_module(path: str):
-    """Imports a config file by path (configs/ is not a package), as absl's config_flags does."""
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"config file {path!r} does not exist")
-    name = "stcl_sweep_config_" + pathlib.Path(path).stem
-    spec = importlib.util.spec_from_file_location(name, path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    if not hasattr(module, "get_config"):
-        raise AttributeError(f"config file {path!r} defines no get_config(arg)")
-    return module
-
-
 def get_points(module, path: str, sweep: str) -> list[dict]:
     if not hasattr(module, "get_sweep"):
-        raise AttributeError(f"config file {path!r} defines no get_sweep(name): add `from sweeps import get_sweep` "
-                             "(configs/sweeps.py) next to get_config")
+        raise AttributeError(f"config file {path!r} defines no get_sweep(name): add `from stcl_jax.configs.sweeps import "
+                             "get_sweep` next to get_config")
     points = module.get_sweep(sweep)
     if not points or not all(isinstance(p, dict) for p in points):
         raise ValueError(f"{path}: get_sweep({sweep!r}) must return a non-empty list of dicts, got {points!r}")
     return points
 
 
-def apply_overrides(config, overrides: dict):
-    """A copy of the (locked) `config` with dotted `overrides` set; an unknown field raises KeyError naming it."""
-    import ml_collections
-
-    config = ml_collections.ConfigDict(config.to_dict(), type_safe=config.is_type_safe)
-    for field, value in overrides.items():
-        *parents, leaf = field.split(".")
-        node = config
-        for i, part in enumerate(parents):
-            if part not in node or not isinstance(node[part], ml_collections.ConfigDict):
-                raise KeyError(f"override {field!r}: config has no section {'.'.join(parents[:i + 1])!r}")
-            node = node[part]
-        if leaf not in node:
-            raise KeyError(f"override {field!r}: config has no field {leaf!r} in "
-                           f"{'.'.join(parents) or 'the top level'} (fields: {sorted(node.keys())})")
-        old = node[leaf]
-        if isinstance(old, tuple) and isinstance(value, list):
-            value = tuple(value)
-        if isinstance(old, float) and isinstance(value, int) and not isinstance(value, bool):
-            value = float(value)
-        try:
-            node[leaf] = value
-        except TypeError as e:
-            raise TypeError(f"override {field!r}={value!r}: {e}") from None
-    config.lock()
-    return config
-
-
 def resolve_point(config, point: dict) -> dict:
     """`point` plus the linear-scaling fields when it changes the batch but not the learning rate."""
     if "global_batch_size" in point and "optim.learning_rate" not in point:
-        sys.path.insert(0, str(REPO / "configs"))
-        try:
-            import sweeps as sweep_defs  # configs/sweeps.py
-        finally:
-            sys.path.pop(0)
-        scaled = sweep_defs.scaled_batch_overrides(config, point["global_batch_size"])
+        scaled = sweeps.scaled_batch_overrides(config, point["global_batch_size"])
         return {**scaled, **point}
     return dict(point)
 
@@ -121,17 +70,6 @@ def run_name(point: dict) -> str:
 def format_value(value) -> str:
     """How a value is written in `--config.FIELD=VALUE` (absl config_flags parses it by the field's type)."""
     return value if isinstance(value, str) else repr(value)
-
-
-def parse_override(text: str) -> tuple[str, object]:
-    """'loss.temperature=0.1' -> ('loss.temperature', 0.1); values are Python literals or else strings."""
-    field, sep, raw = text.partition("=")
-    if not sep or not field:
-        raise ValueError(f"--override wants FIELD=VALUE, got {text!r}")
-    try:
-        return field, ast.literal_eval(raw)
-    except (ValueError, SyntaxError):
-        return field, raw
 
 
 # ------------------------------------------------------------------------------------------------------ plans --
@@ -257,7 +195,7 @@ def _metric_key(key: str) -> str | None:
 def run_metrics(workdir: str) -> dict:
     """Final mIoU/VC8/VC16/loss of a run: `final_metrics.json`, else the last logged value in `metrics.jsonl`."""
     found = {}
-    log = os.path.join(workdir, "metrics.jsonl")
+    log = os.path.join(workdir, workdir_lib.METRICS)
     if os.path.exists(log):
         with open(log, encoding="utf-8") as f:
             for line_no, line in enumerate(f, 1):

@@ -4,7 +4,7 @@ r"""Trains an STCL segmenter: `python -m stcl_jax.train --config configs/swin_l.
 `--config.optim.learning_rate=1e-4` (an unknown field is an error). Rerunning the same command resumes from the
 newest checkpoint in DIR. Multi-process (TPU pod, SLURM, several processes on one machine): the same command on
 every process; `jax.distributed.initialize()` runs when the environment says so (`--distributed=auto`, see
-`stcl_jax.training.mesh.initialize_distributed`), or always with `--distributed=on`.
+`stcl_jax.distributed.initialize_distributed`), or always with `--distributed=on`.
 
 Errors a user can cause (a config typo, a missing config file, a --workdir that is a file, a missing data dir, a
 refused resume, a non-finite step) end in one line, `error: ...`, exit 2; `--debug` or STCL_DEBUG=1 keeps the
@@ -19,7 +19,7 @@ import sys
 from absl import app, flags
 from ml_collections import config_flags
 
-from stcl_jax import cli_errors
+from stcl_jax import cli_errors, distributed
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "config file, e.g. configs/swin_l.py[:runlocal]",
                                           lock_config=True)
@@ -71,12 +71,10 @@ def parse_flags(argv: list[str]) -> list[str]:
 def main(argv):
     if len(argv) > 1:
         raise cli_errors.UsageError(f"unexpected arguments: {argv[1:]}")
-    from stcl_jax.training import mesh
-
     cli_errors.quiet_logging(_VERBOSE.value)
 
     # Must come before anything touches a jax device.
-    mesh.initialize_distributed(_DISTRIBUTED.value, _COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
+    distributed.initialize_distributed(_DISTRIBUTED.value, _COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
     from stcl_jax.training.loop import train_and_evaluate
 
     result = train_and_evaluate(_CONFIG.value, _WORKDIR.value)

@@ -11,6 +11,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from stcl_jax import workdir as workdir_lib
 from stcl_jax.training import checkpoint as ckpt_lib
 
 
@@ -80,7 +81,7 @@ DAMAGE = {
     "truncated_data": lambda d: _truncate(_largest_data_file(d)),
     "empty_step_folder": _empty_folder,
     "truncated_metadata": lambda d: _truncate(os.path.join(d, "state", "_METADATA")),
-    "missing_digest": lambda d: os.remove(os.path.join(d, ckpt_lib.DIGEST)),
+    "missing_digest": lambda d: os.remove(os.path.join(d, workdir_lib.DIGEST)),
     "data_iter_edited": lambda d: _truncate(os.path.join(d, "data_iter", "process_0-of-1.json"), 0.9),
 }
 
@@ -102,10 +103,10 @@ def _copy(src, dst):
 
 def test_every_saved_step_verifies(saved):
     directory = os.path.join(saved, "checkpoints")
-    assert ckpt_lib.step_folders(directory) == [1, 2, 3]
+    assert workdir_lib.step_folders(directory) == [1, 2, 3]
     for step in (1, 2, 3):
-        assert ckpt_lib.check_step(directory, step) is None
-        with open(os.path.join(directory, str(step), ckpt_lib.DIGEST)) as f:
+        assert workdir_lib.check_step(directory, step) is None
+        with open(os.path.join(directory, str(step), workdir_lib.DIGEST)) as f:
             files = json.load(f)["files"]
         assert any(k.startswith("state/") for k in files) and any(k.startswith("data_iter/") for k in files)
 
@@ -114,7 +115,7 @@ def test_every_saved_step_verifies(saved):
 def test_damaged_newest_falls_back_to_the_newest_intact(kind, saved, tmp_path, caplog):
     workdir = _copy(saved, tmp_path / "w")
     DAMAGE[kind](os.path.join(workdir, "checkpoints", "3"))
-    assert ckpt_lib.check_step(os.path.join(workdir, "checkpoints"), 3) is not None
+    assert workdir_lib.check_step(os.path.join(workdir, "checkpoints"), 3) is not None
     ck = ckpt_lib.Checkpointer(str(workdir), every_steps=1, keep=5)
     with caplog.at_level(logging.WARNING, logger="stcl_jax"):
         step = ck.intact_latest_step()
@@ -140,12 +141,12 @@ def test_the_damaged_step_is_saved_again_and_gc_keeps_the_last_good(saved, tmp_p
     ck.restore(2, _abstract(), it)
     assert ck.save(3, _state(3), it)
     ck.wait_until_finished()
-    assert ckpt_lib.newest_intact_step(ck.directory) == (3, {})
+    assert workdir_lib.newest_intact_step(ck.directory) == (3, {})
     assert ck.save(4, _state(4), it)
     ck.close()
     directory = os.path.join(workdir, "checkpoints")
-    assert ckpt_lib.step_folders(directory) == [3, 4]
-    assert all(ckpt_lib.check_step(directory, s) is None for s in (3, 4))
+    assert workdir_lib.step_folders(directory) == [3, 4]
+    assert all(workdir_lib.check_step(directory, s) is None for s in (3, 4))
 
 
 def test_no_intact_checkpoint_is_one_line_error(saved, tmp_path):
@@ -153,7 +154,7 @@ def test_no_intact_checkpoint_is_one_line_error(saved, tmp_path):
     for step in (1, 2, 3):
         _truncate(_largest_data_file(os.path.join(workdir, "checkpoints", str(step))))
     ck = ckpt_lib.Checkpointer(str(workdir), every_steps=1, keep=5)
-    with pytest.raises(ckpt_lib.CheckpointIntegrityError) as e:
+    with pytest.raises(workdir_lib.CheckpointIntegrityError) as e:
         ck.intact_latest_step()
     ck.close()
     message = str(e.value)
@@ -162,7 +163,7 @@ def test_no_intact_checkpoint_is_one_line_error(saved, tmp_path):
 
 def test_synchronous_saves_are_digested_too(tmp_path):
     _save_steps(tmp_path, (1,), async_save=False)
-    assert ckpt_lib.check_step(os.path.join(tmp_path, "checkpoints"), 1) is None
+    assert workdir_lib.check_step(os.path.join(tmp_path, "checkpoints"), 1) is None
 
 
 def test_checkpoints_from_before_digests_restore_unchecked(saved, tmp_path):
@@ -170,14 +171,14 @@ def test_checkpoints_from_before_digests_restore_unchecked(saved, tmp_path):
     a step saved later without a digest is not trusted."""
     workdir = _copy(saved, tmp_path / "w")
     directory = os.path.join(workdir, "checkpoints")
-    os.remove(ckpt_lib.integrity_path(directory))
+    os.remove(workdir_lib.integrity_path(directory))
     for step in (1, 2, 3):
-        os.remove(os.path.join(directory, str(step), ckpt_lib.DIGEST))
+        os.remove(os.path.join(directory, str(step), workdir_lib.DIGEST))
     ck = ckpt_lib.Checkpointer(str(workdir), every_steps=1, keep=5)
     assert ck.intact_latest_step() == 3
     ck.close()
-    with open(ckpt_lib.integrity_path(directory)) as f:
+    with open(workdir_lib.integrity_path(directory)) as f:
         assert json.load(f)["undigested_steps"] == [1, 2, 3]
     _save_steps(workdir, (4,))
-    os.remove(os.path.join(directory, "4", ckpt_lib.DIGEST))
-    assert "no sha256.json" in ckpt_lib.check_step(directory, 4)
+    os.remove(os.path.join(directory, "4", workdir_lib.DIGEST))
+    assert "no sha256.json" in workdir_lib.check_step(directory, 4)

@@ -16,8 +16,8 @@ from stcl_jax.training import checkpoint as ckpt_lib
 from stcl_jax.training import config_check
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, os.path.join(REPO, "configs"))
-import demo  # noqa: E402
+from stcl_jax.config_files import load_config_module  # noqa: E402
+demo = load_config_module(os.path.join(REPO, "configs", "demo.py"))
 
 
 def _one_line_exit_2(main, argv, capsys):

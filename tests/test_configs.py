@@ -9,17 +9,16 @@ from absl import flags
 from ml_collections import config_flags
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, os.path.join(REPO, "configs"))
-import common  # noqa: E402
-import demo  # noqa: E402
-import demo_coco_pretrain  # noqa: E402
-import swin_b  # noqa: E402
-import swin_l  # noqa: E402
-import swin_l_coco_pretrain  # noqa: E402
-import swin_l_joint_ade20k  # noqa: E402
-import swin_l_joint_coco  # noqa: E402
-import swin_s  # noqa: E402
-import swin_t  # noqa: E402
+from stcl_jax.config_files import load_config_module  # noqa: E402
+demo = load_config_module(os.path.join(REPO, "configs", "demo.py"))
+demo_coco_pretrain = load_config_module(os.path.join(REPO, "configs", "demo_coco_pretrain.py"))
+swin_b = load_config_module(os.path.join(REPO, "configs", "swin_b.py"))
+swin_l = load_config_module(os.path.join(REPO, "configs", "swin_l.py"))
+swin_l_coco_pretrain = load_config_module(os.path.join(REPO, "configs", "swin_l_coco_pretrain.py"))
+swin_l_joint_ade20k = load_config_module(os.path.join(REPO, "configs", "swin_l_joint_ade20k.py"))
+swin_l_joint_coco = load_config_module(os.path.join(REPO, "configs", "swin_l_joint_coco.py"))
+swin_s = load_config_module(os.path.join(REPO, "configs", "swin_s.py"))
+swin_t = load_config_module(os.path.join(REPO, "configs", "swin_t.py"))
 
 SIZES = {swin_t: ("tiny", 96, 7), swin_s: ("small", 96, 7), swin_b: ("base", 128, 7), swin_l: ("large", 192, 12)}
 

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from stcl_jax import evaluate
+from stcl_jax import config_files, evaluate
 from stcl_jax.data import synthetic, vspw
 from stcl_jax.evaluation import metrics, runner
 
@@ -127,12 +127,11 @@ def test_model_form_end_to_end(raw_root, model_dir, tmp_path):
     for key in ("miou", "wiou", "pixel_acc", "mean_class_acc", "vc8"):
         assert rescored[key] == pytest.approx(scores[key], rel=1e-12), key
     # the training loop's entry point, configured like the command above, gives the same scores
-    from stcl_jax.evaluation import cli
     from stcl_jax.models import build_segmenter
     from stcl_jax.models.io import load_variables
 
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    config = cli.load_config(os.path.join(root, "configs", "swin_t.py") + ":runlocal")
+    config = config_files.load_config(os.path.join(root, "configs", "swin_t.py") + ":runlocal")
     config.data.dir, config.data.val_split = built, "val"
     config.eval.mode, config.eval.crop, config.eval.stride = "slide", (32, 32), (16, 16)
     variables, model_cfg = load_variables(model_dir)
@@ -146,7 +145,7 @@ def test_inference_options_from_config_and_flags():
     from stcl_jax.evaluation import cli, inference
 
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    config = cli.load_config(os.path.join(root, "configs", "swin_t.py") + ":runlocal")
+    config = config_files.load_config(os.path.join(root, "configs", "swin_t.py") + ":runlocal")
     p = evaluate._parser()
     opts = cli.inference_options(p.parse_args([]), config)
     assert (opts["mode"], opts["crop"], opts["stride"]) == (config.eval.mode, config.eval.crop, config.eval.stride)

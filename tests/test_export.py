@@ -2,7 +2,6 @@
 data iterator) -> params-only export -> load -> the same logits; bf16; HF safetensors round trip."""
 
 import json
-import os
 
 import grain
 import jax
@@ -11,6 +10,8 @@ import optax
 import pytest
 
 from stcl_jax import export
+from stcl_jax.convert.common import flatten
+from stcl_jax import workdir as workdir_lib
 from stcl_jax.models import build_segmenter, model_config
 from stcl_jax.models.io import load_variables
 from stcl_jax.training import checkpoint as ckpt_lib
@@ -63,7 +64,7 @@ def _logits(variables):
 
 def test_export_load_predict_matches_training_checkpoint(workdir, tmp_path):
     wd, model, states = workdir
-    assert export.checkpoint_steps(str(wd)) == [2, 4]
+    assert workdir_lib.checkpoint_steps(str(wd)) == [2, 4]
     assert export.main(["--workdir", str(wd), "--output", str(tmp_path / "e4")]) == 0
     assert export.main(["--workdir", str(wd), "--step", "2", "--output", str(tmp_path / "e2")]) == 0
     for name, step in (("e4", 4), ("e2", 2)):
@@ -77,7 +78,7 @@ def test_export_load_predict_matches_training_checkpoint(workdir, tmp_path):
     summary = json.loads((tmp_path / "e4" / "export.json").read_text())
     assert summary["step"] == 4 and summary["dtype"] == "float32"
     # The export directory is what the inference CLIs load (pseudo_label / evaluate / predict share load_member).
-    from stcl_jax.pseudo_label import load_member
+    from stcl_jax.evaluation.cli import load_member
     _, v, _ = load_member(str(tmp_path / "e4"))
     jax.tree.map(np.testing.assert_array_equal, v["params"], jax.tree.map(np.asarray, states[4].params))
     # ... and a training workdir directly (newest step).
@@ -105,7 +106,7 @@ def test_bad_inputs(workdir, tmp_path):
     with pytest.raises(FileNotFoundError, match="no checkpoints/ folder"):
         export.main(["--workdir", str(tmp_path), "--output", str(tmp_path / "x")])
     with pytest.raises(ValueError, match="has steps \\[2, 4\\]"):
-        export.restore_variables(str(wd), 7)
+        workdir_lib.restore_variables(str(wd), 7)
 
 
 def test_safetensors_round_trip_with_hf(workdir, tmp_path):
@@ -128,8 +129,8 @@ def test_safetensors_round_trip_with_hf(workdir, tmp_path):
     # And back through the importer: every exported tensor returns unchanged.
     back, cfg = convert.from_hf_upernet(st["dir"])
     assert cfg.swin.to_dict() == CFG.swin.to_dict() and cfg.num_classes == CFG.num_classes
-    flat_back = export._flat(jax.tree.map(np.asarray, back))
-    flat_ours = export._flat(jax.tree.map(np.asarray, variables))
+    flat_back = flatten(jax.tree.map(np.asarray, back))
+    flat_ours = flatten(jax.tree.map(np.asarray, variables))
     for k, v in flat_ours.items():
         if k.split("/")[1] != "projection_head":
             np.testing.assert_array_equal(flat_back[k], v, err_msg=k)

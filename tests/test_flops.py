@@ -1,14 +1,11 @@
 """bench/flops.py: analytic matmul/conv FLOPs from the jaxpr, checked by hand and against XLA's cost analysis."""
 
-import os
-import sys
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import pytest
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "bench"))
 import flops  # noqa: E402
 
 

@@ -9,9 +9,7 @@ import time
 import pytest
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, os.path.join(REPO, "bench"))
-sys.path.insert(0, os.path.join(REPO, "configs"))
-import profile_summary  # noqa: E402
+import profile_summary  # noqa: E402  (bench/ is on pytest's pythonpath: pyproject.toml)
 import suite_report  # noqa: E402
 import train_step  # noqa: E402
 

@@ -2,16 +2,13 @@
 query frame 0; contrast: every frame of the clip), in float64 NumPy from the model's own outputs; and the
 feature the projection head reads (`model.projection.feature`)."""
 
-import os
-import sys
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
-sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "configs"))
-import common  # noqa: E402
+from stcl_jax.configs import base as common  # noqa: E402
 
 from stcl_jax.models import build_segmenter, model_config  # noqa: E402
 from stcl_jax.models.heads import ProjectionHead  # noqa: E402

@@ -144,10 +144,9 @@ def test_train_step_leaves_masked_clips_out_of_stcl():
     from stcl_jax.training import loop
     from stcl_jax.training import state as state_lib
 
-    sys_path_configs()
-    import common
+    from stcl_jax.configs.base import base_config, runlocal
 
-    config = common.runlocal(common.base_config())
+    config = runlocal(base_config())
     model = build_segmenter(config.model)
     tx = optax.adamw(1e-4)
     state = state_lib.init_fn(model, tx, (1, 32, 32, 3))(jax.random.PRNGKey(0))
@@ -160,11 +159,3 @@ def test_train_step_leaves_masked_clips_out_of_stcl():
     assert float(on["stcl"]) > 0 and float(off["stcl"]) == 0.0
     assert float(on["ce"]) == pytest.approx(float(off["ce"]), rel=1e-6)
 
-
-def sys_path_configs():
-    import os
-    import sys
-
-    configs = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs")
-    if configs not in sys.path:
-        sys.path.insert(0, configs)

@@ -1,7 +1,5 @@
 """The CNN recipe's SGD against torch.optim.SGD, and which leaves weight decay reaches under each rule."""
 
-import os
-import sys
 
 import jax
 import jax.numpy as jnp
@@ -9,8 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "configs"))
-import common  # noqa: E402
+from stcl_jax.configs import base as common  # noqa: E402
 
 from stcl_jax.training import optim  # noqa: E402
 

@@ -9,10 +9,10 @@ import sys
 import pytest
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, os.path.join(REPO, "configs"))
-import paper  # noqa: E402
-import resnest101  # noqa: E402
-import resnet50  # noqa: E402
+from stcl_jax.config_files import load_config_module  # noqa: E402
+paper = load_config_module(os.path.join(REPO, "configs", "paper.py"))
+resnest101 = load_config_module(os.path.join(REPO, "configs", "resnest101.py"))
+resnet50 = load_config_module(os.path.join(REPO, "configs", "resnet50.py"))
 
 TABLE_3 = {"table3_stcl_512_t007": (512, 0.07), "table3_stcl_512_t005": (512, 0.05),
            "table3_stcl_256_t007": (256, 0.07)}

@@ -5,18 +5,17 @@ re-initialised and every other leaf loaded."""
 import json
 import logging
 import os
-import sys
 
 import jax
 import numpy as np
 import pytest
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, os.path.join(REPO, "configs"))
-import demo  # noqa: E402
-import demo_coco_pretrain  # noqa: E402
+from stcl_jax.config_files import load_config_module  # noqa: E402
+demo = load_config_module(os.path.join(REPO, "configs", "demo.py"))
+demo_coco_pretrain = load_config_module(os.path.join(REPO, "configs", "demo_coco_pretrain.py"))
 
-from stcl_jax.export import restore_variables  # noqa: E402
+from stcl_jax.workdir import restore_variables  # noqa: E402
 from stcl_jax.training import loop  # noqa: E402
 
 CLASSIFIERS = {f"params/{h}/conv_seg/{leaf}" for h in ("decode_head", "auxiliary_head") for leaf in ("kernel", "bias")}

@@ -12,7 +12,9 @@ from stcl_jax import pseudo_label as pl
 from stcl_jax.data import records, vspw
 from stcl_jax.data.build import build_dataset
 from stcl_jax.data.synthetic import write_synthetic_vspw
+from stcl_jax.data.normalize import IMAGENET_MEAN, IMAGENET_STD
 from stcl_jax.evaluation import inference
+from stcl_jax.evaluation.cli import load_member
 from stcl_jax.models import build_segmenter, model_config
 from stcl_jax.models.io import save_variables
 
@@ -63,7 +65,7 @@ def _teacher_members():
 
 def _reference_probs(members, frames):
     """Mean softmax (float64) over both models and the flipped view, by direct model.apply calls."""
-    images = (frames.astype(np.float64) - inference.IMAGENET_MEAN) / inference.IMAGENET_STD
+    images = (frames.astype(np.float64) - IMAGENET_MEAN) / IMAGENET_STD
     total = 0.0
     model = members[0][0]
     apply = jax.jit(lambda v, x: model.apply(v, x, train=False)["logits"])
@@ -150,7 +152,7 @@ def test_bad_inputs_fail_clearly(tmp_path):
     with pytest.raises(ValueError, match="--threshold must be in"):
         pl.make_teacher([], threshold=1.5)
     with pytest.raises(FileNotFoundError, match="neither a params-only export"):
-        pl.load_member(str(tmp_path))
+        load_member(str(tmp_path))
     os.makedirs(tmp_path / "out" / "stats")
     with pytest.raises(ValueError, match="no frame was labelled"):
         pl.write_report(str(tmp_path / "out"), 0.5)

@@ -14,20 +14,22 @@ from stcl_jax import sweep
 REPO = pathlib.Path(__file__).resolve().parents[1]
 
 
+def _reexport(base: str) -> str:
+    """Config-file text whose get_config is configs/<base>.py's."""
+    return (f"from stcl_jax.config_files import load_config_module\n"
+            f"get_config = load_config_module({str(REPO / 'configs' / (base + '.py'))!r}).get_config\n")
+
+
 def _config_with_sweeps(tmp_path, base="swin_l", arg=""):
     """A config file that exposes configs/<base>.py's get_config and configs/sweeps.py's get_sweep."""
     path = tmp_path / f"{base}_sweeps.py"
-    path.write_text(f"import sys\nsys.path.insert(0, {str(REPO / 'configs')!r})\n"
-                    f"from {base} import get_config  # noqa\nfrom sweeps import get_sweep  # noqa\n")
+    path.write_text(_reexport(base) + "from stcl_jax.configs.sweeps import get_sweep  # noqa\n")
     return f"{path}{':' + arg if arg else ''}"
 
 
 def test_temperature_sweep_is_the_table3_grid():
-    sys.path.insert(0, str(REPO / "configs"))
-    try:
-        import sweeps as defs
-    finally:
-        sys.path.pop(0)
+    from stcl_jax.configs import sweeps as defs
+
     points = defs.get_sweep("temperature")
     assert sorted((p["loss.temperature"], p["model.projection.dim"]) for p in points) == sorted(
         (t, d) for t in (0.05, 0.07, 0.1, 0.2) for d in (256, 512))
@@ -98,8 +100,7 @@ def test_overrides_are_checked_against_the_locked_config(tmp_path):
     with pytest.raises(KeyError, match="no section 'los'"):
         sweep.apply_overrides(sweep.load_config_module(spec).get_config(), {"los.temperature": 1.0})
     no_sweeps = tmp_path / "no_sweeps.py"   # a config file with get_config but no get_sweep
-    no_sweeps.write_text(f"import sys\nsys.path.insert(0, {str(REPO / 'configs')!r})\n"
-                         "from swin_t import get_config  # noqa\n")
+    no_sweeps.write_text(_reexport("swin_t"))
     with pytest.raises(AttributeError, match="defines no get_sweep"):
         sweep.get_points(sweep.load_config_module(str(no_sweeps)), "no_sweeps.py", "temperature")
     assert sweep.parse_override("data.crop_size=(64, 64)") == ("data.crop_size", (64, 64))
@@ -159,8 +160,7 @@ def test_two_point_local_sweep_on_demo_config_runs_and_reports(tmp_path):
     The points differ only in `seed`, so both compile to the same programs: with a persistent compilation cache
     the second run reuses the first's executables (CPU time of this test ~ one tiny training run)."""
     spec = tmp_path / "demo_seeds.py"
-    spec.write_text(f"import sys\nsys.path.insert(0, {str(REPO / 'configs')!r})\nfrom demo import get_config  # noqa\n\n"
-                    "def get_sweep(name):\n    return [{'seed': 0}, {'seed': 1}]\n")
+    spec.write_text(_reexport("demo") + "\n\ndef get_sweep(name):\n    return [{'seed': 0}, {'seed': 1}]\n")
     root = tmp_path / "sweep"
     env = {k: v for k, v in os.environ.items() if not k.startswith(("JAX_", "XLA_"))}
     env.update(PYTHONPATH=str(REPO), JAX_PLATFORMS="cpu", JAX_COMPILATION_CACHE_DIR=str(tmp_path / "jax_cache"),

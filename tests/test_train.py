@@ -24,12 +24,11 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # sends itself a signal, optional signal name (default SIGKILL).
 _CHILD = textwrap.dedent("""
     import json, os, signal, sys
-    sys.path.insert(0, os.path.join(os.getcwd(), "configs"))
-    import swin_t
-    from stcl_jax.training import checkpoint, logging, loop, mesh
+    from stcl_jax import config_files, distributed
+    from stcl_jax.training import checkpoint, logging, loop
     logging.setup_logging()
-    mesh.initialize_distributed("auto")
-    config = swin_t.get_config("runlocal")
+    distributed.initialize_distributed("auto")
+    config = config_files.load_config("configs/swin_t.py:runlocal")
     for key, value in json.loads(sys.argv[2]).items():
         *path, leaf = key.split(".")
         node = config

@@ -17,7 +17,7 @@ import pytest
 
 from test_train import REPO, _env, _finish, _jsonl, _overrides, _params, _start, cache_dir, dataset  # noqa: F401
 
-from stcl_jax.training import checkpoint as ckpt_lib
+from stcl_jax import workdir as workdir_lib
 
 
 def _run(workdir, overrides, env):
@@ -98,8 +98,8 @@ def test_damaged_newest_with_keep_k_and_no_replayed_rows(base, tmp_path, dataset
     assert "checkpoint step 6" in out and "damaged" in out and "restored step 3" in out
     assert os.path.isdir(workdir / "checkpoints.bad" / "6")
     directory = os.path.join(workdir, "checkpoints")
-    assert ckpt_lib.step_folders(directory) == [5, 6]
-    assert all(ckpt_lib.check_step(directory, s) is None for s in (5, 6))
+    assert workdir_lib.step_folders(directory) == [5, 6]
+    assert all(workdir_lib.check_step(directory, s) is None for s in (5, 6))
     _assert_same_tree(_params(base, 6), _params(workdir, 6))  # the replayed steps are the same steps
     assert [r["step"] for r in _jsonl(workdir)] == list(range(1, 7))
     history = [json.loads(line) for line in _read(workdir / "config_history.jsonl").splitlines()]
@@ -146,7 +146,7 @@ def test_diverging_run_never_checkpoints_a_non_finite_state(base, tmp_path, data
     code, out, _ = _run(workdir, o, _env(cache_dir))
     assert code != 0, out[-3000:]
     line = [x for x in out.splitlines() if "FloatingPointError" in x][-1]
-    steps = ckpt_lib.step_folders(os.path.join(workdir, "checkpoints"))
+    steps = workdir_lib.step_folders(os.path.join(workdir, "checkpoints"))
     assert f"the last good checkpoint is step {steps[-1]}" in line and "training stopped at step" in line
     for step in steps:
         assert _finite(_params(workdir, step)), f"checkpoint {step} holds a non-finite leaf"

@@ -7,7 +7,6 @@ lerps, every matmul of the model reads bf16.
 
 import os
 import re
-import sys
 
 import jax
 import pytest
@@ -17,8 +16,8 @@ from stcl_jax.training import inputs, loop, optim
 from stcl_jax.training import mesh as mesh_lib
 from stcl_jax.training import state as state_lib
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs"))
-import demo  # noqa: E402
+from stcl_jax.config_files import load_config_module  # noqa: E402
+demo = load_config_module(os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs", "demo.py"))
 
 # One dot's operand types, e.g. `: (tensor<4x16x16x16xf32>, tensor<16x48xf32>) -> tensor<...>`.
 _OPERANDS = re.compile(r":\s*\((tensor<[^>]*>),\s*(tensor<[^>]*>)\)\s*->")

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 from jax.sharding import PartitionSpec as P
 
+from stcl_jax import distributed
 from stcl_jax.training import logging as log_lib
 from stcl_jax.training import mesh as mesh_lib
 
@@ -46,25 +47,25 @@ def test_distributed_is_skipped_for_a_single_process(monkeypatch):
         monkeypatch.delenv(var, raising=False)
     called = []
     monkeypatch.setattr(jax.distributed, "initialize", lambda **kw: called.append(kw))
-    assert not mesh_lib.initialize_distributed("auto")
+    assert not distributed.initialize_distributed("auto")
     monkeypatch.setenv("SLURM_NTASKS", "1")
-    assert not mesh_lib.initialize_distributed("auto")
-    assert not mesh_lib.initialize_distributed("off")
+    assert not distributed.initialize_distributed("auto")
+    assert not distributed.initialize_distributed("off")
     assert not called
     monkeypatch.setenv("SLURM_NTASKS", "4")
-    assert mesh_lib.initialize_distributed("auto")
+    assert distributed.initialize_distributed("auto")
     monkeypatch.delenv("SLURM_NTASKS")
     monkeypatch.setenv("TPU_WORKER_HOSTNAMES", "h0,h1")
-    assert mesh_lib.initialize_distributed("auto")
+    assert distributed.initialize_distributed("auto")
     monkeypatch.delenv("TPU_WORKER_HOSTNAMES")
     monkeypatch.setenv("JAX_COORDINATOR_ADDRESS", "10.0.0.1:1234")
     monkeypatch.setenv("JAX_NUM_PROCESSES", "2")
     monkeypatch.setenv("JAX_PROCESS_ID", "1")
-    assert mesh_lib.initialize_distributed("auto")
+    assert distributed.initialize_distributed("auto")
     assert called[-1] == {"coordinator_address": "10.0.0.1:1234", "num_processes": 2, "process_id": 1}
     assert len(called) == 3
     with pytest.raises(ValueError, match="auto, on or off"):
-        mesh_lib.initialize_distributed("yes")
+        distributed.initialize_distributed("yes")
 
 
 def test_progress_line_and_eta():
@@ -110,12 +111,11 @@ def test_metric_writer_writes_jsonl_and_tensorboard(tmp_path):
 def test_resume_changes_allowed_and_refused(tmp_path):
     """What a resume may change (applied and recorded) and what it may not (refused naming the fields, nothing
     written)."""
-    import sys
-
+    from stcl_jax.config_files import load_config_module
     from stcl_jax.training import config_check
 
-    sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs"))
-    import demo
+    demo = load_config_module(os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs",
+                                           "demo.py"))
 
     old = demo.get_config("runlocal")
     config_check.record_config(old, str(tmp_path), {}, resumed=False)

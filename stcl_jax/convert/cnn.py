@@ -22,7 +22,7 @@ import re
 import numpy as np
 
 # The package defines these before it imports this module (at its end), so the import is not circular.
-from stcl_jax.convert import ConversionReport, _complete, _load, _set, aux_head_overrides
+from stcl_jax.convert.common import ConversionReport, aux_head_overrides, complete, load_source, set_path
 from stcl_jax.convert.mapping import _DECODER, _apply
 from stcl_jax.convert.tensors import conv_kernel, to_numpy_state_dict
 
@@ -86,14 +86,14 @@ def convert_state_dict(state_dict, source: str, *, num_classes: int | None = Non
             report.unused.append(key)
             continue
         collection, name = leaf
-        _set(out[collection], f"{target}/{name}", conv_kernel(value) if value.ndim == 4 else value)
+        set_path(out[collection], f"{target}/{name}", conv_kernel(value) if value.ndim == 4 else value)
         report.loaded.append(key)
     if "backbone" not in out["params"]:
         raise ValueError(f"no ResNet / ResNeSt tensors recognised as {source!r} (first keys: {list(sd)[:5]}); "
                          f"is --from right? sources: {sorted(SOURCES)}")
     cfg = infer_config(out["params"], num_classes)
     backbone_stats = out["batch_stats"]["backbone"]
-    variables = _complete(out, cfg, source, report, full=has_decoder)
+    variables = complete(out, cfg, source, report, full=has_decoder)
     if not has_decoder:
         variables["batch_stats"] = {"backbone": backbone_stats}
     return variables, cfg, report
@@ -125,7 +125,7 @@ def infer_config(params: dict, num_classes: int | None):
 
 
 def _from(source, path_or_state_dict, num_classes, return_report):
-    sd, _ = _load(path_or_state_dict)
+    sd, _ = load_source(path_or_state_dict)
     variables, cfg, report = convert_state_dict(sd, source, num_classes=num_classes)
     return (variables, cfg, report) if return_report else (variables, cfg)
 

@@ -17,6 +17,8 @@ from typing import Sequence
 import cv2
 import numpy as np
 
+from stcl_jax.data.normalize import normalize
+
 
 def rescale_size(hw: tuple[int, int], scale_hw: tuple[float, float]) -> tuple[int, int]:
     """mmcv `rescale_size(keep_ratio)`: the largest size with the image's aspect ratio whose long edge fits
@@ -103,17 +105,6 @@ def photometric(img: np.ndarray, p: PhotometricParams) -> np.ndarray:
     if not p.contrast_first and p.contrast is not None:
         img = _convert(img, alpha=p.contrast)
     return img
-
-
-def normalize(images: np.ndarray, mean: Sequence[float], std: Sequence[float], out: np.ndarray | None = None
-              ) -> np.ndarray:
-    """(x - mean) / std per RGB channel, in 0..255 units, float32; written into `out` if given (saves a copy)."""
-    inv_std = (1.0 / np.asarray(std, np.float64)).astype(np.float32)
-    if out is None:
-        out = np.empty(images.shape, np.float32)
-    np.multiply(images, inv_std, out=out, dtype=np.float32)
-    out -= (np.asarray(mean, np.float64) * inv_std).astype(np.float32)
-    return out
 
 
 def _augment(rng: np.random.Generator, images: np.ndarray, labels: np.ndarray, *, base_size: Sequence[int],

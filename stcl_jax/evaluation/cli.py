@@ -4,6 +4,10 @@ from __future__ import annotations
 
 import argparse
 
+from stcl_jax import config_files, distributed
+from stcl_jax.configs import base
+from stcl_jax.workdir import load_trained_variables
+
 
 def add_inference_arguments(p: argparse.ArgumentParser) -> None:
     """--config, --ensemble, --mode/--crop/--stride, --tta/--scales/--flip, --batch-size, --distributed."""
@@ -20,21 +24,11 @@ def add_inference_arguments(p: argparse.ArgumentParser) -> None:
                    help="jax.distributed.initialize(), as in stcl_jax.train")
 
 
-def load_config(spec: str):
-    """`configs/x.py[:arg]` -> the locked ConfigDict of its get_config(arg)."""
-    from stcl_jax.sweep import load_config_module, split_config_spec
-
-    path, arg = split_config_spec(spec)
-    return load_config_module(path).get_config(arg)
-
-
 def load_member(path: str, what: str = "--checkpoint"):
     """(apply_fn, variables, model_config) of an export dir or a training workdir; `what` (the flag) names it in
     errors."""
     from stcl_jax.evaluation import inference
     from stcl_jax.models import build_segmenter
-
-    from stcl_jax.export import load_trained_variables
 
     variables, model_cfg = load_trained_variables(path, what)
     return inference.segmenter_apply(build_segmenter(model_cfg)), variables, model_cfg
@@ -58,25 +52,22 @@ def num_classes(variables) -> int:
 
 
 def inference_options(a, config=None) -> dict:
-    """`inference.Predictor` keyword arguments from the flags, else `config.eval` / `config.data`, else mmseg's."""
+    """`inference.Predictor` keyword arguments from the flags, else `config.eval` / `config.data` (without
+    --config: the schema's defaults, mmseg's sliding window and ImageNet normalisation)."""
     from stcl_jax.evaluation import inference
 
-    ev = config.eval if config is not None and "eval" in config else {}
-    data = config.data if config is not None and "data" in config else {}
+    config = base.base_config() if config is None else config
     scales = a.scales or (inference.DEFAULT_SCALES if a.tta else (1.0,))
-    return dict(mode=a.mode or ev.get("mode", "slide"), crop=tuple(a.crop or ev.get("crop", (768, 768))),
-                stride=tuple(a.stride or ev.get("stride", (512, 512))), scales=tuple(scales), flip=a.flip or a.tta,
-                mean=tuple(data.get("mean", inference.IMAGENET_MEAN)), std=tuple(data.get("std", inference.IMAGENET_STD)),
-                batch_size=a.batch_size)
+    return dict(mode=a.mode or config.eval.mode, crop=tuple(a.crop or config.eval.crop),
+                stride=tuple(a.stride or config.eval.stride), scales=tuple(scales), flip=a.flip or a.tta,
+                mean=tuple(config.data.mean), std=tuple(config.data.std), batch_size=a.batch_size)
 
 
 def members_and_options(a, checkpoint_flag: str = "--checkpoint") -> tuple[list, dict]:
     """Initialises the distributed runtime (--distributed), loads --checkpoint + --ensemble, resolves the options.
 
     `checkpoint_flag`: the flag that gave `a.checkpoint` (named in errors; the others came from --ensemble)."""
-    from stcl_jax.training import mesh
-
-    mesh.initialize_distributed(a.distributed)
-    config = load_config(a.config) if a.config else None
+    distributed.initialize_distributed(a.distributed)
+    config = config_files.load_config(a.config) if a.config else None
     flags = [checkpoint_flag] + ["--ensemble"] * len(a.ensemble)
     return load_members([a.checkpoint, *a.ensemble], flags), inference_options(a, config)

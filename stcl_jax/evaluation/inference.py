@@ -31,11 +31,11 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
+from stcl_jax.data.normalize import IMAGENET_MEAN, IMAGENET_STD, scale_and_shift
+
 ApplyFn = Callable[[object, jax.Array], jax.Array]
 
 DEFAULT_SCALES = (0.5, 0.75, 1.0, 1.25, 1.5, 1.75)
-IMAGENET_MEAN = (123.675, 116.28, 103.53)
-IMAGENET_STD = (58.395, 57.12, 57.375)
 
 
 def segmenter_apply(model) -> ApplyFn:
@@ -145,8 +145,10 @@ def ensemble_probs(members: Sequence[tuple[ApplyFn, object]], images, **kwargs) 
 
 
 def normalize(frames, mean=IMAGENET_MEAN, std=IMAGENET_STD):
-    """uint8 RGB (..., 3) -> float32 normalised as mmseg (mean/std in 0..255 units)."""
-    return (jnp.asarray(frames, jnp.float32) - jnp.asarray(mean, jnp.float32)) / jnp.asarray(std, jnp.float32)
+    """uint8 RGB (..., 3) -> float32 normalised as mmseg (mean/std in 0..255 units), with training's arithmetic
+    (`stcl_jax.data.normalize`)."""
+    inv_std, shift = scale_and_shift(mean, std)
+    return jnp.asarray(frames, jnp.float32) * inv_std - shift
 
 
 class Predictor:

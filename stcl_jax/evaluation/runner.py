@@ -245,8 +245,8 @@ def evaluate_segmenter(model, variables, config, *, max_videos: int | None = Non
     predictor = inference.Predictor([(inference.segmenter_apply(model), variables)], mode=config.eval.mode,
                                     crop=tuple(config.eval.crop), stride=tuple(config.eval.stride),
                                     mean=tuple(config.data.mean), std=tuple(config.data.std))
-    limit = config.eval.get("max_videos", 0) if max_videos is None else max_videos
-    names, lut = validation_label_space(config.data.dir, config.data.get("label_map", ""))
+    limit = config.eval.max_videos if max_videos is None else max_videos
+    names, lut = validation_label_space(config.data.dir, config.data.label_map)
     if len(names) != config.model.num_classes:
         raise ValueError(f"config.model.num_classes={config.model.num_classes} but {config.data.dir} is scored over "
                          f"{len(names)} classes")

@@ -18,7 +18,6 @@ Orbax/JAX's preemption sync point (set up by `jax.distributed.initialize`), so t
 step and write one consistent checkpoint.
 """
 
-import hashlib
 import json
 import logging
 import os
@@ -29,118 +28,10 @@ import grain
 import jax
 import orbax.checkpoint as ocp
 
+from stcl_jax import workdir as workdir_lib
+from stcl_jax.workdir import DIGEST, ITEMS, integrity_path, newest_intact_step, no_intact_error, step_folders, write_digest
+
 log = logging.getLogger("stcl_jax.train")
-DIGEST = "sha256.json"
-# next to checkpoints/ (Orbax's folder holds step folders only): {"version": 1, "undigested_steps": [...]}
-INTEGRITY = "checkpoint_integrity.json"
-ITEMS = ("state", "data_iter")
-_CHUNK = 1 << 22
-
-
-class CheckpointIntegrityError(RuntimeError):
-    """No checkpoint of the workdir passes its digest check (the message lists each bad step and why)."""
-
-
-# ------------------------------------------------------------------------------------------------ digests
-def _files(step_dir: str) -> list[str]:
-    """The files of the items of a step folder, relative to it, sorted."""
-    out = []
-    for item in ITEMS:
-        for root, _, files in os.walk(os.path.join(step_dir, item)):
-            out += [os.path.relpath(os.path.join(root, f), step_dir) for f in files]
-    return sorted(out)
-
-
-def _sha256(path: str) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(_CHUNK):
-            h.update(chunk)
-    return h.hexdigest()
-
-
-def file_digests(step_dir: str) -> dict:
-    """{relative path: [size, sha256]} of every file under the step's state/ and data_iter/."""
-    return {rel: [os.path.getsize(os.path.join(step_dir, rel)), _sha256(os.path.join(step_dir, rel))]
-            for rel in _files(step_dir)}
-
-
-def write_digest(step_dir: str) -> None:
-    digests = file_digests(step_dir)
-    tmp = os.path.join(step_dir, DIGEST + ".tmp")
-    with open(tmp, "w", encoding="utf-8") as f:
-        json.dump({"version": 1, "files": digests}, f, indent=0)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, os.path.join(step_dir, DIGEST))
-
-
-def check_step(directory: str, step: int) -> str | None:
-    """None when checkpoint `step` in `directory` matches its digest, else why not (one phrase).
-
-    A step listed in `directory/../checkpoint_integrity.json` as saved before digests existed passes unchecked."""
-    step_dir = os.path.join(directory, str(step))
-    path = os.path.join(step_dir, DIGEST)
-    if not os.path.isfile(path):
-        if step in _read_integrity(directory).get("undigested_steps", []):
-            return None
-        return f"no {DIGEST} (the save did not finish, or the folder was emptied or replaced)"
-    try:
-        with open(path, encoding="utf-8") as f:
-            expected = json.load(f)["files"]
-    except (OSError, ValueError, KeyError) as e:
-        return f"{DIGEST} unreadable ({e})"
-    present = set(_files(step_dir))
-    missing = sorted(set(expected) - present)
-    if missing:
-        return f"{len(missing)} file(s) missing, e.g. {missing[0]}"
-    extra = sorted(present - set(expected))
-    if extra:
-        return f"{len(extra)} file(s) not in the digest, e.g. {extra[0]}"
-    for rel, (size, sha) in expected.items():
-        full = os.path.join(step_dir, rel)
-        if os.path.getsize(full) != size:
-            return f"{rel} is {os.path.getsize(full)} bytes, {size} when saved (truncated or appended)"
-        if _sha256(full) != sha:
-            return f"{rel} differs from the saved contents (sha256 mismatch)"
-    return None
-
-
-def integrity_path(directory: str) -> str:
-    return os.path.join(os.path.dirname(os.path.abspath(directory)), INTEGRITY)
-
-
-def _read_integrity(directory: str) -> dict:
-    try:
-        with open(integrity_path(directory), encoding="utf-8") as f:
-            return json.load(f)
-    except (OSError, ValueError):
-        return {}
-
-
-def step_folders(directory: str) -> list[int]:
-    """Steps of the (renamed, so complete as far as Orbax knows) step folders in `directory`, ascending."""
-    if not os.path.isdir(directory):
-        return []
-    return sorted(int(d) for d in os.listdir(directory) if d.isdigit() and os.path.isdir(os.path.join(directory, d)))
-
-
-def newest_intact_step(directory: str, steps=None) -> tuple[int | None, dict]:
-    """(the newest step that passes `check_step`, {newer bad step: reason}); warns naming each bad step."""
-    bad = {}
-    for step in reversed(step_folders(directory) if steps is None else sorted(steps)):
-        reason = check_step(directory, step)
-        if reason is None:
-            return step, bad
-        log.warning("checkpoint step %d in %s is damaged: %s; trying an older one", step, directory, reason)
-        bad[step] = reason
-    return None, bad
-
-
-def no_intact_error(directory: str, bad: dict) -> CheckpointIntegrityError:
-    listed = "; ".join(f"step {s}: {r}" for s, r in sorted(bad.items()))
-    return CheckpointIntegrityError(f"no intact checkpoint in {directory} ({listed}); move the folder away to "
-                                    "start over, or restore a backup of it")
 
 
 class Checkpointer:
@@ -153,7 +44,7 @@ class Checkpointer:
         if keep <= 0:
             raise ValueError(f"config.keep_checkpoints must be > 0, got {keep}")
         self.workdir = os.path.abspath(workdir)
-        self.directory = os.path.join(self.workdir, "checkpoints")
+        self.directory = workdir_lib.checkpoints_dir(self.workdir)
         self.every_steps = every_steps
         self.async_save = async_save
         self._saving = None  # the step whose async save is in flight
@@ -247,7 +138,7 @@ class Checkpointer:
     def _quarantine(self, bad: dict):
         self.manager.wait_until_finished()
         if jax.process_index() == 0:
-            target_root = os.path.join(self.workdir, "checkpoints.bad")
+            target_root = os.path.join(self.workdir, workdir_lib.BAD_CHECKPOINTS)
             os.makedirs(target_root, exist_ok=True)
             for step, reason in bad.items():
                 target = os.path.join(target_root, str(step))

@@ -19,6 +19,8 @@ import math
 import os
 import time
 
+from stcl_jax import workdir as workdir_lib
+
 log = logging.getLogger("stcl_jax.train")
 
 # field (or "prefix.") -> why a resume may not change it
@@ -84,7 +86,7 @@ def _data_problems(d, problems):
     _number(d.worker_count, "config.data.worker_count", problems, low=0, integer=True)
     _number(d.pseudo_ratio, "config.data.pseudo_ratio", problems, low=0, high=1, high_open=True)
     total = float(d.pseudo_ratio) if isinstance(d.pseudo_ratio, (int, float)) else 0.0
-    for name, m in d.get("mixture", {}).items():
+    for name, m in d.mixture.items():
         _number(m.ratio, f"config.data.mixture.{name}.ratio", problems, low=0, high=1, low_open=True,
                 high_open=True)
         total += float(m.ratio) if isinstance(m.ratio, (int, float)) else 0.0
@@ -123,14 +125,14 @@ def validate(config) -> None:
     problems = []
     _data_problems(config.data, problems)
     _training_problems(config, problems)
-    if config.get("model") is not None:
+    if "model" in config:
         _number(config.model.num_classes, "config.model.num_classes", problems, low=1, integer=True)
     if problems:
         raise ValueError("; ".join(problems))
 
 
 def evaluates(config) -> bool:
-    return bool(config.eval_every_steps or config.eval.at_end or config.eval.get("rerun", False))
+    return bool(config.eval_every_steps or config.eval.at_end or config.eval.rerun)
 
 
 def check_val_split(config) -> None:
@@ -192,7 +194,7 @@ def changes(old: dict, new: dict) -> tuple[dict, dict]:
 def check_resume(config, workdir: str) -> dict:
     """The allowed changes against `workdir/config.json` ({} for a new workdir); ValueError naming the refused
     fields. Reads only: nothing in the workdir changes."""
-    path = os.path.join(workdir, "config.json")
+    path = os.path.join(workdir, workdir_lib.CONFIG)
     if not os.path.isfile(path):
         return {}
     with open(path, encoding="utf-8") as f:
@@ -223,9 +225,9 @@ def record_config(config, workdir: str, allowed: dict, resumed: bool) -> None:
                                                                  for k, v in allowed.items()))
     entry = {"time": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "event": "resume" if resumed else "start",
              "changes": allowed}
-    with open(os.path.join(workdir, "config_history.jsonl"), "a", encoding="utf-8") as f:
+    with open(os.path.join(workdir, workdir_lib.CONFIG_HISTORY), "a", encoding="utf-8") as f:
         f.write(json.dumps(entry, sort_keys=True) + "\n")
-    tmp = os.path.join(workdir, "config.json.tmp")
+    tmp = os.path.join(workdir, workdir_lib.CONFIG + ".tmp")
     with open(tmp, "w", encoding="utf-8") as f:
         f.write(config.to_json_best_effort(indent=2, sort_keys=True))
-    os.replace(tmp, os.path.join(workdir, "config.json"))
+    os.replace(tmp, os.path.join(workdir, workdir_lib.CONFIG))

@@ -6,7 +6,8 @@ of the per-frame CPU work of float32 batches, with exactly the values of mmseg's
 """
 
 import jax.numpy as jnp
-import numpy as np
+
+from stcl_jax.data.normalize import scale_and_shift
 
 
 def batch_spec(config, batch_size: int) -> dict:
@@ -23,15 +24,13 @@ def batch_spec(config, batch_size: int) -> dict:
 
 
 def device_normalize(data_cfg) -> bool:
-    """config.data.device_normalize (True when the config predates the field, as the pipeline's default)."""
-    return bool(data_cfg.get("device_normalize", True)) if hasattr(data_cfg, "get") else True
+    return bool(data_cfg.device_normalize)
 
 
 def normalize_padded(images, hw, mean, std):
     """uint8 (B, T, H, W, 3) clips + their valid (B, 2) top-left extents -> float32 (x - mean) / std inside the
-    extent, 0 outside it: the same float32 arithmetic as `stcl_jax.data.augment.normalize`."""
-    inv_std = (1.0 / np.asarray(std, np.float64)).astype(np.float32)
-    shift = (np.asarray(mean, np.float64) * inv_std).astype(np.float32)
+    extent, 0 outside it: the float32 arithmetic of `stcl_jax.data.normalize`."""
+    inv_std, shift = scale_and_shift(mean, std)
     x = images.astype(jnp.float32) * inv_std - shift
     h, w = images.shape[-3:-1]
     rows = jnp.arange(h)[None, :, None] < hw[:, 0, None, None]

@@ -17,6 +17,8 @@ import time
 
 import jax
 
+from stcl_jax import workdir as workdir_lib
+
 log = logging.getLogger("stcl_jax.train")
 
 
@@ -38,13 +40,13 @@ class MetricWriter:
             from tensorboardX import SummaryWriter
 
             os.makedirs(workdir, exist_ok=True)
-            path = os.path.join(workdir, "metrics.jsonl")
+            path = os.path.join(workdir, workdir_lib.METRICS)
             replayed = drop_rows_after(path, resume_step)
             if replayed:
                 log.info("metrics.jsonl: dropped %d rows after step %d (those steps are trained again)", replayed,
                          resume_step)
             # purge_step: TensorBoard hides the earlier files' events from that step on (the replayed ones)
-            self._tb = SummaryWriter(os.path.join(workdir, "tensorboard"), purge_step=resume_step + 1 if resume_step
+            self._tb = SummaryWriter(os.path.join(workdir, workdir_lib.TENSORBOARD), purge_step=resume_step + 1 if resume_step
                                      else None)
             self._jsonl = open(path, "a", encoding="utf-8")
 
@@ -93,7 +95,7 @@ def last_logged(workdir: str) -> dict:
     """The newest value of every metric in workdir/metrics.jsonl, named as `train_and_evaluate` returns them
     ("loss", "val/miou", ...; {} without a file)."""
     out = {}
-    path = os.path.join(workdir, "metrics.jsonl")
+    path = os.path.join(workdir, workdir_lib.METRICS)
     if os.path.isfile(path):
         with open(path, encoding="utf-8") as f:
             for line in f:

@@ -23,6 +23,8 @@ import numpy as np
 import optax
 
 from stcl_jax import losses
+from stcl_jax import workdir as workdir_lib
+from stcl_jax.workdir import load_trained_variables
 from stcl_jax.models import build_segmenter
 from stcl_jax.training import checkpoint as ckpt_lib
 from stcl_jax.training import config_check
@@ -141,7 +143,7 @@ def resolve_data_dir(config, workdir):
                          "`python -m stcl_jax.data.build`), or use configs/demo.py, which generates one")
     config = config.copy_and_resolve_references()
     with config.unlocked():
-        config.data.dir = os.path.join(workdir, "data", "built")
+        config.data.dir = os.path.join(workdir, workdir_lib.GENERATED_DATA, "built")
     config.lock()
     return config
 
@@ -151,7 +153,7 @@ def prepare_data(config, workdir):
     generated = not config.data.dir
     config = resolve_data_dir(config, workdir)
     if generated:
-        raw, built = os.path.join(workdir, "data", "raw"), config.data.dir
+        raw, built = os.path.join(workdir, workdir_lib.GENERATED_DATA, "raw"), config.data.dir
         done = os.path.join(built, ".complete")
         if jax.process_index() == 0 and not os.path.exists(done):
             _write_synthetic(config.synthetic, raw, built, (config.data.train_split, config.data.val_split))
@@ -168,7 +170,7 @@ def _write_synthetic(s, raw, built, splits):
     in `raw` and builds it into `built`."""
     from stcl_jax.data.build import build_dataset
 
-    layout = s.get("layout", "vspw")
+    layout = s.layout
     if layout == "vspw":
         from stcl_jax.data.synthetic import write_synthetic_vspw
 
@@ -195,12 +197,12 @@ def train_and_evaluate(config, workdir: str) -> dict:
     if os.path.exists(workdir) and not os.path.isdir(workdir):
         raise NotADirectoryError(f"--workdir {workdir} is a file, not a folder")
     config_check.validate(config)
-    has_checkpoints = bool(ckpt_lib.step_folders(os.path.join(workdir, "checkpoints")))
+    has_checkpoints = bool(workdir_lib.step_folders(workdir_lib.checkpoints_dir(workdir)))
     allowed = config_check.check_resume(resolve_data_dir(config, workdir), workdir) if has_checkpoints else {}
     config = prepare_data(config, workdir)
     config_check.check_val_split(config)
     config_check.record_config(config, workdir, allowed, resumed=has_checkpoints)
-    with log_lib.log_file(os.path.join(workdir, "train.log")):
+    with log_lib.log_file(os.path.join(workdir, workdir_lib.TRAIN_LOG)):
         checkpointer = ckpt_lib.Checkpointer(workdir, every_steps=config.checkpoint_every_steps,
                                              keep=config.keep_checkpoints)
         try:
@@ -213,7 +215,7 @@ def _train(config, workdir: str, checkpointer) -> dict:
     from stcl_jax.data.pipeline import make_train_loader
 
     latest = checkpointer.intact_latest_step()
-    rerun = bool(config.eval.get("rerun", False))
+    rerun = bool(config.eval.rerun)
     if latest is not None and latest >= config.total_steps and not rerun:
         log.info("already at step %d of %d in %s: nothing to train (set --config.eval.rerun=True to evaluate "
                  "it again, or raise --config.total_steps to train on)", latest, config.total_steps, workdir)
@@ -242,7 +244,7 @@ def _train(config, workdir: str, checkpointer) -> dict:
         state = state_lib.create_train_state(model, tx, (1, *crop, 3), config.seed, shardings)
         if config.init_from:
             state = _init_from(config.init_from, state, tx, shardings, workdir,
-                               tuple(config.get("init_from_reset", ())))
+                               tuple(config.init_from_reset))
     step = int(state.step)
     log.info("model: %.2f M parameters; starting at step %d of %d", state_lib.param_count(state.params) / 1e6,
              step, config.total_steps)
@@ -299,13 +301,11 @@ def _init_from(path, state, tx, shardings, workdir, reset_patterns=()):
     """Loads a params-only export (stcl_jax.export / convert) or the newest checkpoint of a training workdir into
     a fresh state; leaves matching `reset_patterns` whose shape differs (a classifier for another label set) are
     re-initialised; any other shape mismatch is an error. Writes the key report to workdir/init_from_report.json."""
-    from stcl_jax.export import load_trained_variables
-
     loaded, _ = load_trained_variables(path, "config.init_from")
     state, report = state_lib.merge_pretrained(state, loaded, tx, shardings, source=path,
                                                reset_patterns=reset_patterns)
     if jax.process_index() == 0:
-        with open(os.path.join(workdir, "init_from_report.json"), "w", encoding="utf-8") as f:
+        with open(os.path.join(workdir, workdir_lib.INIT_FROM_REPORT), "w", encoding="utf-8") as f:
             json.dump(report, f, indent=1)
     if not report["loaded"]:
         raise ValueError(f"config.init_from={path!r}: none of its {len(report['unused'])} arrays matches a model "

@@ -88,8 +88,8 @@ def make_optimizer(config: ml_collections.ConfigDict) -> tuple[optax.GradientTra
     schedule = poly_warmup_schedule(learning_rate=o.learning_rate, total_steps=config.total_steps,
                                     warmup_steps=o.warmup_steps, warmup_ratio=o.warmup_ratio,
                                     power=o.poly_power, min_lr=o.min_lr)
-    patterns, exempt = tuple(o.no_decay_patterns), o.get("decay_exempt", "norms_and_biases")
-    name = o.get("name", "adamw")
+    patterns, exempt = tuple(o.no_decay_patterns), o.decay_exempt
+    name = o.name
     if name not in OPTIMIZERS:
         raise ValueError(f"config.optim.name={name!r}: expected one of {OPTIMIZERS}")
     mask = lambda p: decay_mask(p, patterns, exempt)  # noqa: E731

@@ -1,8 +1,9 @@
-"""Shared pieces of the training configs: the paper's recipe and a tiny `runlocal` variant.
+"""The training config schema, once: every field with the paper's value, plus the tiny `runlocal` variant.
 
-Every config file (`swin_t.py` ... `swin_l.py`, `demo.py`) builds on `base_config()` and adds `config.model`
-(from `stcl_jax.models.model_config`). `get_config(arg)` returns a *locked* ConfigDict, so a typo in
-`--config.stcl.temperture=...` fails instead of being ignored.
+The files users pass to `--config` (`configs/*.py` at the repository root) import this module and
+`stcl_jax.configs.recipes`, so they work from any directory and in a non-editable install. `base_config()` holds
+every field but `config.model` (from `stcl_jax.models.model_config`); `finish(c, arg)` locks the result, so a
+typo in `--config.loss.temperture=...` fails instead of being ignored.
 
 Recipe (He et al. 2021, Sec. 4.2, and mmseg's UperNet-Swin schedule it was trained with): AdamW, lr 7e-5,
 betas (0.9, 0.999), weight decay 0.01 with no decay on norms, relative-position tables and position embeddings
@@ -44,16 +45,20 @@ by every pixel of the batch, ignored ones included, as mmseg's CrossEntropyLoss 
   single_frame_stcl for an image build (ADE20K, COCO) in `dir` or a mixture entry: "spatial" = the frame's
                     pixels contrast with each other (anchors and contrast from the one frame), "skip" = no STCL
                     on those samples (CE only).
-  mixture           name -> stcl_jax.data.pipeline.mixture_source(dir, ratio, label_map, split,
+  mixture           name -> mixture_source(dir, ratio, label_map, split,
                     single_frame_stcl): more builds mixed into training, each drawn for `ratio` of the clips
                     (`dir` gets the rest). All sources must land in one label space: the VSPW one when any
                     label_map is set, else `dir`'s classes.
+
+`config.synthetic` (only in configs that generate their data: demo.py, `:runlocal`): with `data.dir` empty,
+training generates this dataset into `workdir/data` and trains on it. `synthetic_videos(videos, frames, size,
+seed)` (layout "vspw") or `synthetic_images(train, val, size, seed)` (layout "coco-panoptic").
 """
 
 import ml_collections
 
-IMAGENET_MEAN = (123.675, 116.28, 103.53)
-IMAGENET_STD = (58.395, 57.12, 57.375)
+from stcl_jax.data.normalize import IMAGENET_MEAN, IMAGENET_STD
+from stcl_jax.models import model_config
 
 
 def base_config() -> ml_collections.ConfigDict:
@@ -160,25 +165,29 @@ def runlocal(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     c.eval.max_videos = 2
     if "synthetic" not in c:  # with data.dir empty, training generates this tiny dataset in the workdir (as demo.py)
         if c.data.num_frames == 1:  # an image pre-training config (COCO panoptic's 133 classes)
-            c.synthetic = ml_collections.ConfigDict(dict(layout="coco-panoptic", train=8, val=4, size=(64, 96), seed=1))
+            c.synthetic = synthetic_images(train=8, val=4, seed=1)
         else:
-            c.synthetic = ml_collections.ConfigDict(dict(videos=6, frames=4, size=(64, 96), seed=0))
-    from stcl_jax.models import model_config
-
+            c.synthetic = synthetic_videos(videos=6, frames=4)
     c.model = model_config("micro", window_size=4, num_classes=c.model.num_classes if "model" in c else 124,
                            backbone=c.model.backbone if "model" in c else "swin")
     return c
 
 
-def joint_config(name: str, label_map: str, arg, ratio: float = 0.3) -> ml_collections.ConfigDict:
-    """Swin-L on VSPW with the image build `config.data.mixture.<name>.dir` mixed into `ratio` of the clips, its
-    classes mapped onto VSPW's by `label_map` (configs/swin_l_joint_*.py; the paper gives no ratio)."""
-    from stcl_jax.data.pipeline import mixture_source
+def synthetic_videos(videos: int, frames: int, size=(64, 96), seed: int = 0) -> ml_collections.ConfigDict:
+    """`config.synthetic` of a generated VSPW-layout dataset: `videos` x `frames` of size (h, w)."""
+    return ml_collections.ConfigDict(dict(layout="vspw", videos=videos, frames=frames, size=tuple(size), seed=seed))
 
-    c = base_config()
-    c.data.mixture[name] = mixture_source(ratio=ratio, label_map=label_map)
-    c.model = model("large", window_size=12)
-    return finish(c, arg)
+
+def synthetic_images(train: int, val: int, size=(64, 96), seed: int = 1) -> ml_collections.ConfigDict:
+    """`config.synthetic` of a generated COCO-panoptic-layout image set (`train` / `val` images)."""
+    return ml_collections.ConfigDict(dict(layout="coco-panoptic", train=train, val=val, size=tuple(size), seed=seed))
+
+
+def mixture_source(dir: str = "", ratio: float = 0.0, label_map: str = "", split: str = "train",  # noqa: A002
+                   single_frame_stcl: str = "spatial") -> ml_collections.ConfigDict:
+    """One entry of `config.data.mixture`: a build, the share of clips drawn from it, and its label mapping."""
+    return ml_collections.ConfigDict(dict(dir=dir, ratio=ratio, label_map=label_map, split=split,
+                                          single_frame_stcl=single_frame_stcl))
 
 
 def finish(c: ml_collections.ConfigDict, arg) -> ml_collections.ConfigDict:
@@ -194,8 +203,6 @@ def finish(c: ml_collections.ConfigDict, arg) -> ml_collections.ConfigDict:
 
 def model(size: str, **kwargs) -> ml_collections.ConfigDict:
     """`stcl_jax.models.model_config(size, **kwargs)` with the paper's training settings on top."""
-    from stcl_jax.models import model_config  # imported here so the data fields above need no model code
-
     m = model_config(size, **kwargs)
     m.swin.drop_path_rate = 0.3
     m.projection.dim = 512
@@ -203,29 +210,7 @@ def model(size: str, **kwargs) -> ml_collections.ConfigDict:
     return m
 
 
-def cnn_config(backbone: str) -> ml_collections.ConfigDict:
-    """UperNet + a CNN encoder ("resnet50" | "resnest101") with the paper's CNN recipe (Sec. 3.2), unlocked.
-
-    SGD, lr 0.01, momentum 0.9, weight decay 1e-4 on every parameter (mmseg's CNN configs have no paramwise
-    exemptions), no warmup, poly decay with mmseg's `schedule_20k` (power 0.9, min_lr 1e-4); ImageNet-1K weights
-    via `config.init_from` (python -m stcl_jax.convert --from timm-resnet|mmseg-resnet ...). Everything else
-    (data, 20K iterations, batch 16, losses) is the shared recipe above.
-    """
-    c = base_config()
-    c.optim.name = "sgd"
-    c.optim.learning_rate = 0.01
-    c.optim.momentum = 0.9
-    c.optim.weight_decay = 1e-4
-    c.optim.no_decay_patterns = ()
-    c.optim.decay_exempt = "mmseg"
-    c.optim.warmup_steps = 0
-    c.optim.poly_power = 0.9
-    c.optim.min_lr = 1e-4
-    c.model = model(backbone)
-    return c
-
-
 def synthetic_runlocal(c: ml_collections.ConfigDict, arg) -> None:
     """`:runlocal` of a config without data: generate a tiny synthetic VSPW in the workdir (as configs/demo.py)."""
     if arg == "runlocal" and not c.data.dir:
-        c.synthetic = ml_collections.ConfigDict(dict(videos=4, frames=4, size=(64, 96), seed=0))
+        c.synthetic = synthetic_videos(videos=4, frames=4)

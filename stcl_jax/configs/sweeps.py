@@ -1,7 +1,6 @@
 """Sweeps: named lists of config overrides that `python -m stcl_jax.sweep` expands into runs.
 
-A config file exposes them next to `get_config` with `from sweeps import get_sweep` (configs/ is on sys.path when
-a config file is loaded). Each point is a plain dict of dotted config fields -> values, applied to the config's
+A config file exposes them next to `get_config` with `from stcl_jax.configs.sweeps import get_sweep`. Each point is a plain dict of dotted config fields -> values, applied to the config's
 own `get_config(arg)` (so `configs/demo.py:runlocal` sweeps the tiny model). Sweeps:
 
   temperature             the paper's table 3 grid: tau in {0.05, 0.07, 0.1, 0.2} x projection dim {256, 512}.
@@ -37,7 +36,7 @@ SWEEPS = {
 def get_sweep(name: str) -> list[dict]:
     """The override dicts of sweep `name` (fresh copies: callers may modify them)."""
     if name not in SWEEPS:
-        raise KeyError(f"unknown sweep {name!r}: configs/sweeps.py defines {sorted(SWEEPS)}")
+        raise KeyError(f"unknown sweep {name!r}: stcl_jax/configs/sweeps.py defines {sorted(SWEEPS)}")
     return [dict(p) for p in SWEEPS[name]()]
 
 

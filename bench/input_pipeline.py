@@ -22,7 +22,8 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import benchlib  # noqa: E402
 
-from stcl_jax.data import augment, build, pipeline, records, synthetic, vspw  # noqa: E402
+from stcl_jax.data import augment, build, pipeline, records, sources, synthetic  # noqa: E402
+from stcl_jax.data.datasets import vspw  # noqa: E402
 
 
 def _size(text):
@@ -92,7 +93,7 @@ def main():
             raw, data = os.path.join(tmp, "raw"), os.path.join(tmp, "built")
             synthetic.write_synthetic_vspw(raw, a.videos, a.frames, size=a.size, seed=0)
             build.build_dataset(raw, data, splits=("train",), progress=False)
-        cfg = pipeline.default_data_config()
+        cfg = sources.default_data_config()
         cfg.dir, cfg.crop_size, cfg.num_frames = data, (a.crop, a.crop), a.clip_length
         (dec_wall, dec_cpu), aug = microbench(data, cfg)
         device = f"host, {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f} before timing"

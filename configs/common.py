@@ -39,12 +39,12 @@ by every pixel of the batch, ignored ones included, as mmseg's CrossEntropyLoss 
   read_threads      threads per process producing batches.
   pseudo_dir, pseudo_split, pseudo_ratio   a build holding pseudo-labelled records and the share of clips
                     drawn from it (0 = none; see stcl_jax.pseudo_label).
-  label_map         "" = train `dir`'s own classes; else a mapping file (stcl_jax.data.label_map, shipped:
+  label_map         "" = train `dir`'s own classes; else a mapping file (stcl_jax.data.label_space, shipped:
                     ade20k_to_vspw, coco_panoptic_to_vspw) putting them onto VSPW's 124 classes.
   single_frame_stcl for an image build (ADE20K, COCO) in `dir` or a mixture entry: "spatial" = the frame's
                     pixels contrast with each other (anchors and contrast from the one frame), "skip" = no STCL
                     on those samples (CE only).
-  mixture           name -> stcl_jax.data.pipeline.mixture_source(dir, ratio, label_map, split,
+  mixture           name -> stcl_jax.data.sources.mixture_source(dir, ratio, label_map, split,
                     single_frame_stcl): more builds mixed into training, each drawn for `ratio` of the clips
                     (`dir` gets the rest). All sources must land in one label space: the VSPW one when any
                     label_map is set, else `dir`'s classes.
@@ -173,7 +173,7 @@ def runlocal(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
 def joint_config(name: str, label_map: str, arg, ratio: float = 0.3) -> ml_collections.ConfigDict:
     """Swin-L on VSPW with the image build `config.data.mixture.<name>.dir` mixed into `ratio` of the clips, its
     classes mapped onto VSPW's by `label_map` (configs/swin_l_joint_*.py; the paper gives no ratio)."""
-    from stcl_jax.data.pipeline import mixture_source
+    from stcl_jax.data.sources import mixture_source
 
     c = base_config()
     c.data.mixture[name] = mixture_source(ratio=ratio, label_map=label_map)

@@ -35,7 +35,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from stcl_jax import cli_errors
-from stcl_jax.data import records, vspw
+from stcl_jax.data import records
+from stcl_jax.data.datasets import vspw
 from stcl_jax.evaluation import inference
 from stcl_jax.evaluation.cli import load_member  # noqa: F401  (the teachers are loaded like evaluate's models)
 

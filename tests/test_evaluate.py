@@ -10,7 +10,8 @@ import pytest
 from PIL import Image
 
 from stcl_jax import evaluate
-from stcl_jax.data import synthetic, vspw
+from stcl_jax.data import synthetic
+from stcl_jax.data.datasets import vspw
 from stcl_jax.evaluation import metrics, runner
 
 

@@ -21,7 +21,7 @@ import time
 import numpy as np
 from PIL import Image
 
-from stcl_jax.data import vspw
+from stcl_jax.data.datasets import vspw
 from stcl_jax.evaluation import metrics
 
 log = logging.getLogger("stcl_jax.evaluation")
@@ -207,7 +207,7 @@ def evaluate_model(predictor, data_dir: str, split: str, *, vc_protocol: str = "
     scores them. Multi-process: call it on every process (the final reduction is collective).
 
     A build of another label space (ADE20K, COCO: a video per image) is scored over its `num_classes` classes,
-    or, with `raw_lut` (raw mask value -> train id, from `stcl_jax.data.label_map`), in the mapped space."""
+    or, with `raw_lut` (raw mask value -> train id, from `stcl_jax.data.label_space`), in the mapped space."""
     import jax
 
     from stcl_jax.data.records import iterate_videos
@@ -256,14 +256,14 @@ def evaluate_segmenter(model, variables, config, *, max_videos: int | None = Non
 
 def validation_label_space(data_dir: str, map_name: str = "") -> tuple[list[str], np.ndarray | None]:
     """(class names, raw -> train id table or None) that the masks of the build `data_dir` are scored in: its own
-    classes, or VSPW's through the mapping file `map_name` (stcl_jax.data.label_map)."""
-    from stcl_jax.data import label_map, records
+    classes, or VSPW's through the mapping file `map_name` (stcl_jax.data.label_space)."""
+    from stcl_jax.data import label_space, records
 
     names = records.dataset_class_names(data_dir)
     if not map_name:
         return list(names), None
-    class_lut = label_map.read_label_map(map_name, names, vspw.CLASS_NAMES)
-    return list(vspw.CLASS_NAMES), label_map.compose_raw_lut(len(names), class_lut)
+    class_lut = label_space.read_label_map(map_name, names, vspw.CLASS_NAMES)
+    return list(vspw.CLASS_NAMES), label_space.compose_raw_lut(len(names), class_lut)
 
 
 def _finish(result: dict, class_names=None) -> dict:

@@ -175,7 +175,7 @@ def _write_synthetic(s, raw, built, splits):
         log.info("generating the synthetic VSPW dataset (%d videos x %d frames) in %s", s.videos, s.frames, raw)
         write_synthetic_vspw(raw, s.videos, s.frames, size=tuple(s.size), seed=s.seed)
     elif layout == "coco-panoptic":
-        from stcl_jax.data.synthetic_images import write_synthetic_coco_panoptic
+        from stcl_jax.data.synthetic import write_synthetic_coco_panoptic
 
         log.info("generating the synthetic COCO panoptic images (%d train, %d val) in %s", s.train, s.val, raw)
         write_synthetic_coco_panoptic(raw, images={"train": s.train, "val": s.val}, size=tuple(s.size), seed=s.seed)
@@ -348,7 +348,7 @@ class _StepLogger:
 
 def _check_label_space(config):
     """The classes the data trains (one label space over every source) must be the model's classifier."""
-    from stcl_jax.data.pipeline import training_sources
+    from stcl_jax.data.sources import training_sources
 
     names, sources = training_sources(config.data)
     if len(names) != config.model.num_classes:

@@ -1,6 +1,6 @@
 """A small synthetic dataset in the exact VSPW_480p layout: the data of the demo config and of the tests.
 
-    python -m stcl_jax.data.synthetic --output DIR --videos N --frames F [--size HxW] [--seed S]
+    python -m stcl_jax.data.synthetic --output DIR --videos N --frames F [--size HxW] [--seed S]   (`cli`)
 
 Each video is one of three scene types (street / lake / room) drawn as textured horizontal bands (sky, building,
 road, ...), with 2-4 textured objects that move, bounce, swell and shrink and occlude each other in depth order,
@@ -14,13 +14,12 @@ offset and step by 1-3, as in the real release; video folders are `<index>_<11-c
 
 from __future__ import annotations
 
-import argparse
 import os
 
 import numpy as np
 from PIL import Image
 
-from stcl_jax.data import vspw
+from stcl_jax.data.datasets import vspw
 
 # class name -> (base RGB, texture kind, relative period, amplitude)
 LOOK = {
@@ -163,7 +162,6 @@ class _Video:
         return lo + p
 
 
-
 def _split_counts(videos: int) -> dict[str, int]:
     test = max(1, videos // 8) if videos >= 3 else 0
     val = max(1, videos // 6) if videos >= 2 else 0
@@ -212,29 +210,3 @@ def write_synthetic_vspw(root: str, videos: int, frames: int, size: tuple[int, i
             f.writelines(n + "\n" for n in names)
     return splits
 
-
-def _parse_size(text: str) -> tuple[int, int]:
-    try:
-        h, w = (int(v) for v in text.lower().split("x"))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"--size must be HxW, e.g. 480x853, got {text!r}") from None
-    return h, w
-
-
-def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--output", required=True, help="folder to write (becomes a VSPW_480p-style root)")
-    p.add_argument("--videos", type=int, default=12)
-    p.add_argument("--frames", type=int, default=16)
-    p.add_argument("--size", type=_parse_size, default=(128, 192), help="frame size HxW")
-    p.add_argument("--seed", type=int, default=0)
-    a = p.parse_args(argv)
-    splits = write_synthetic_vspw(a.output, a.videos, a.frames, a.size, a.seed)
-    print(f"wrote {a.videos} videos x {a.frames} frames of {a.size[0]}x{a.size[1]} to {a.output}: "
-          + ", ".join(f"{s} {len(v)}" for s, v in splits.items()))
-
-
-if __name__ == "__main__":
-    from stcl_jax import cli_errors
-
-    cli_errors.run(main)

@@ -1,7 +1,7 @@
 """The tensorflow-datasets builder of VSPW (ArrayRecord, no TensorFlow); run it with `stcl_jax.data.build`.
 
-Kept apart from the CLI module so `python -m stcl_jax.data.build` defines the builder class in this package (tfds
-locates a builder by its module). The record format is documented in `stcl_jax.data.build`.
+Kept apart from the CLI (`build/__main__.py`) so `python -m stcl_jax.data.build` defines the builder class in this
+package (tfds locates a builder by its module). The record format is documented in `stcl_jax.data.build.build`.
 """
 
 from __future__ import annotations
@@ -14,20 +14,13 @@ from typing import Iterable, Iterator, Sequence
 import numpy as np
 import tensorflow_datasets as tfds
 
-from stcl_jax.data import scan, vspw
-
-NAME, CONFIG, VERSION = "vspw", "480p", "1.0.0"
-EXTRA = "extra"
-LABELS = {"train": "required", "val": "required", "test": "none", EXTRA: "optional"}
+from stcl_jax.data.build import vspw_scan as scan
+from stcl_jax.data.datasets import vspw
+from stcl_jax.data.formats import EXTRA, LABELS, VSPW
 
 
 class BadInputError(ValueError):
     """An input file or video that cannot go into the dataset; the message names it."""
-
-
-def dataset_dir(output_dir: str) -> str:
-    """The tfds folder that `build_dataset(..., output_dir)` fills."""
-    return os.path.join(output_dir, NAME, CONFIG, VERSION)
 
 
 def record_features() -> tfds.features.FeaturesDict:
@@ -101,8 +94,9 @@ class RecordBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
 class Vspw(RecordBuilder):
     """VSPW (Miao et al., CVPR 2021): 3,536 videos, 124 classes, one record per frame."""
 
-    VERSION = tfds.core.Version(VERSION)
-    BUILDER_CONFIGS = [tfds.core.BuilderConfig(name=CONFIG, description="VSPW_480p release")]
+    name = VSPW[0]
+    VERSION = tfds.core.Version(VSPW[2])
+    BUILDER_CONFIGS = [tfds.core.BuilderConfig(name=VSPW[1], description="VSPW_480p release")]
     MANUAL_DOWNLOAD_INSTRUCTIONS = "Extract VSPW_480p and pass its folder (with data/ and train.txt) as manual_dir."
     CLASS_NAMES = vspw.CLASS_NAMES
     HOMEPAGE = "https://www.vspwdataset.com/"

@@ -17,11 +17,11 @@ from typing import Iterable
 import numpy as np
 import tensorflow_datasets as tfds
 
-from stcl_jax.data import ade20k, coco_panoptic, image_scan, scan
-from stcl_jax.data.vspw_tfds import RecordBuilder, bad_input, empty_split, map_jobs
-
-ADE20K = ("ade20k", "scene_parsing", "1.0.0")
-COCO_PANOPTIC = ("coco_panoptic", "semantic", "1.0.0")
+from stcl_jax.data.build import image_scan
+from stcl_jax.data.build import vspw_scan as scan
+from stcl_jax.data.build.vspw_tfds import RecordBuilder, bad_input, empty_split, map_jobs
+from stcl_jax.data.datasets import ade20k, coco_panoptic
+from stcl_jax.data.formats import ADE20K, COCO_PANOPTIC
 
 
 class _ImageBuilder(RecordBuilder, skip_registration=True):

@@ -13,7 +13,7 @@ import os
 import numpy as np
 from PIL import Image
 
-from stcl_jax.data import vspw
+from stcl_jax.data.datasets import ade20k, vspw
 
 
 @dataclasses.dataclass(frozen=True)
@@ -79,6 +79,16 @@ def check_mask(png: bytes, size: tuple[int, int]) -> np.ndarray:
     bad = vspw.invalid_raw_values(np.flatnonzero(counts))
     if bad:
         raise ValueError(f"label values {bad[:10]} are neither a VSPW class (0..{vspw.NUM_CLASSES}) nor void (255)")
+    return counts
+
+
+def check_ade20k_mask(png: bytes, size: tuple[int, int]) -> np.ndarray:
+    """Checks an annotation PNG (single-channel L or P, size (h, w), values 0..150); raises ValueError with the
+    reason. Returns the 256-bin histogram of its values (pixels per raw value)."""
+    counts = label_histogram(png, size, "raw ADE20K labels")
+    bad = ade20k.invalid_raw_values(np.flatnonzero(counts))
+    if bad:
+        raise ValueError(f"label values {bad[:10]} are not ADE20K labels (0 = other, 1..{ade20k.NUM_CLASSES})")
     return counts
 
 

@@ -45,7 +45,8 @@ from typing import Sequence
 import tensorflow_datasets as tfds
 
 from stcl_jax.data.build.image_tfds import Ade20k, CocoPanoptic
-from stcl_jax.data.build.vspw_tfds import BadInputError, Vspw
+from stcl_jax.data.build.base import BadInputError
+from stcl_jax.data.build.vspw_tfds import Vspw
 from stcl_jax.data.datasets import ade20k, coco_panoptic, vspw
 from stcl_jax.data.formats import ADE20K, COCO_PANOPTIC, LABELS, VSPW
 

@@ -1,8 +1,8 @@
 """Reads and checks the files of one ADE20K or COCO panoptic image: the per-image work unit of the image builds.
 
-Like `scan` (its VSPW counterpart) free of tensorflow-datasets so `build --workers K` processes start quickly.
-Each function returns a `scan.Frame` (frame name = image file stem; mask = the PNG bytes to store; pixels = the
-histogram of the stored mask) or a `scan.Bad(path, reason)`.
+Like `vspw_scan` (its VSPW counterpart) it runs in the `--workers` processes. Each function returns a
+`checks.Frame` (frame name = image file stem; mask = the PNG bytes to store; pixels = the histogram of the stored
+mask) or a `checks.Bad(path, reason)`.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ import io
 import numpy as np
 from PIL import Image
 
-from stcl_jax.data.build.vspw_scan import Bad, Frame, check_ade20k_mask, check_frame, open_checked
+from stcl_jax.data.build.checks import Bad, Frame, check_ade20k_mask, check_frame, open_checked
 from stcl_jax.data.datasets import ade20k, coco_panoptic
 
 

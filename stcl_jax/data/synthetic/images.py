@@ -21,9 +21,9 @@ import numpy as np
 from PIL import Image
 
 from stcl_jax.data.datasets import ade20k, coco_panoptic
-from stcl_jax.data.synthetic.vspw import LOOK, SCENES, SHAPES, shape_region, texture
+from stcl_jax.data.synthetic.render import LOOK, SCENES, SHAPES, shape_region, texture
 
-# look (synthetic.LOOK) -> (ADE20K class, COCO panoptic category)
+# look (render.LOOK) -> (ADE20K class, COCO panoptic category)
 NAMES = {
     "sky": ("sky", "sky-other-merged"), "building": ("building", "building-other-merged"),
     "road": ("road", "road"), "mountain": ("mountain", "mountain-merged"), "tree": ("tree", "tree-merged"),
@@ -33,7 +33,7 @@ NAMES = {
     "high": ("flag", "rug-merged"),          # a class beyond VSPW's, the last raw value of each dataset
 }
 HIGH_LOOK = ((200, 60, 160), "stripes30", 0.04, 50)
-_UNLABELLED = "others"                       # synthetic.LOOK's look of the raw-0 patch
+_UNLABELLED = "others"                       # render.LOOK's look of the raw-0 patch
 
 
 def _look(key: str):

@@ -19,7 +19,9 @@ import numpy as np
 
 import benchlib  # noqa: E402  (bench/ is sys.path[0] when a script of it runs)
 
-from stcl_jax.data import augment, build, pipeline, records, synthetic, vspw  # noqa: E402
+from stcl_jax.configs.base import base_config  # noqa: E402
+from stcl_jax.data import augment, build, pipeline, records, synthetic  # noqa: E402
+from stcl_jax.data.datasets import vspw  # noqa: E402
 
 
 def _size(text):
@@ -89,7 +91,7 @@ def main():
             raw, data = os.path.join(tmp, "raw"), os.path.join(tmp, "built")
             synthetic.write_synthetic_vspw(raw, a.videos, a.frames, size=a.size, seed=0)
             build.build_dataset(raw, data, splits=("train",), progress=False)
-        cfg = pipeline.default_data_config()
+        cfg = base_config().data
         cfg.dir, cfg.crop_size, cfg.num_frames = data, (a.crop, a.crop), a.clip_length
         (dec_wall, dec_cpu), aug = microbench(data, cfg)
         device = f"host, {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f} before timing"

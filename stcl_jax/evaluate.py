@@ -29,6 +29,7 @@ import logging
 import os
 
 from stcl_jax import cli_errors
+from stcl_jax.data.sources import scoring_label_space
 from stcl_jax.evaluation import cli
 
 log = logging.getLogger("stcl_jax.evaluate")
@@ -75,16 +76,17 @@ def main(argv=None) -> int:
 
         from stcl_jax.evaluation import inference
 
-        names, raw_lut = runner.validation_label_space(a.data, a.label_map)
+        space = scoring_label_space(a.data, a.label_map)
         for path, (_, variables) in zip([a.checkpoint, *a.ensemble], members):
-            if cli.num_classes(variables) != len(names):
-                p.error(f"{path} predicts {cli.num_classes(variables)} classes but {a.data} is scored over "
-                        f"{len(names)}" + ("" if a.label_map else " (map a build onto VSPW with --label-map)"))
+            if cli.num_classes(variables) != space.num_classes:
+                p.error(f"{path} predicts {cli.num_classes(variables)} classes but {space.where} is scored over "
+                        f"{space.num_classes}" + ("" if a.label_map else " (map a build onto VSPW with --label-map)"))
         log.info("inference: %s, %d model(s)", options, len(members))
         predictor = inference.Predictor(members, **options)
         result = runner.evaluate_model(predictor, a.data, a.split, vc_protocol=a.vc_protocol,
                                        max_videos=a.max_videos, save_predictions=a.save_predictions,
-                                       num_classes=len(names), raw_lut=raw_lut, class_names=names)
+                                       num_classes=space.num_classes, raw_lut=space.raw_lut,
+                                       class_names=list(space.names))
         result["inference"] = {k: v for k, v in options.items() if k != "batch_size"}
         result["checkpoints"] = [a.checkpoint, *a.ensemble]
         json_path = a.json or os.path.join(a.checkpoint, f"eval_{a.split}.json")

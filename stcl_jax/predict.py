@@ -146,7 +146,7 @@ def read_frames(source: str, chunk: int = 32, *, allow_truncated: bool = False
 # ----------------------------------------------------------------------------------------------------- output --
 def overlay(frame: np.ndarray, ids: np.ndarray, alpha: float = 0.5) -> np.ndarray:
     """RGB uint8 frame blended with the palette colours of train ids (H, W)."""
-    from stcl_jax.data import vspw
+    from stcl_jax.data.datasets import vspw
 
     colours = vspw.colorize(ids).astype(np.float32)
     return np.clip((1 - alpha) * frame.astype(np.float32) + alpha * colours + 0.5, 0, 255).astype(np.uint8)
@@ -155,7 +155,7 @@ def overlay(frame: np.ndarray, ids: np.ndarray, alpha: float = 0.5) -> np.ndarra
 def class_names_for(num_classes: int) -> list[str]:
     """The class names of a model predicting `num_classes` classes: VSPW's (124), COCO panoptic's (133) or
     ADE20K's (150), else "class <id>"."""
-    from stcl_jax.data import ade20k, coco_panoptic, vspw
+    from stcl_jax.data.datasets import ade20k, coco_panoptic, vspw
 
     for names in (vspw.CLASS_NAMES, coco_panoptic.CLASS_NAMES, ade20k.CLASS_NAMES):
         if len(names) == num_classes:
@@ -166,7 +166,7 @@ def class_names_for(num_classes: int) -> list[str]:
 def draw_legend(image: np.ndarray, ids: np.ndarray, class_names, max_rows: int = 8) -> np.ndarray:
     """`image` (RGB uint8, H, W, 3) with a legend in its top-left corner: a palette swatch and the name of each
     class present in `ids` (train ids), largest area first, at most `max_rows` (then "+N more")."""
-    from stcl_jax.data import vspw
+    from stcl_jax.data.datasets import vspw
 
     counts = np.bincount(np.asarray(ids, np.uint8).ravel(), minlength=256)[: len(class_names)]
     present = [int(c) for c in np.argsort(-counts, kind="stable") if counts[c] > 0]
@@ -196,7 +196,7 @@ def predict_source(predictor, source: str, output: str, *, vspw_ids: bool = Fals
     the PNGs), OUT/overlay (with a legend of the classes present, `class_names`, default VSPW's),
     OUT/overlay.mp4; returns the number of frames. A truncated video raises after its readable frames are
     written (see `read_frames`)."""
-    from stcl_jax.data import vspw
+    from stcl_jax.data.datasets import vspw
     from stcl_jax.evaluation.runner import write_id_space, write_prediction
 
     names_of_classes = list(vspw.CLASS_NAMES if class_names is None else class_names)

@@ -35,8 +35,10 @@ import jax.numpy as jnp
 import numpy as np
 
 from stcl_jax import cli_errors
-from stcl_jax.data import records, vspw
+from stcl_jax.data import records
+from stcl_jax.data.datasets import vspw
 from stcl_jax.evaluation import inference
+from stcl_jax.files import atomic_write_bytes
 
 log = logging.getLogger("stcl_jax.pseudo_label")
 
@@ -66,13 +68,6 @@ def make_teacher(members, *, threshold: float = 0.5, **options) -> inference.Pre
 
 
 # ------------------------------------------------------------------------------------------------------ files --
-def _atomic_write(path: str, data: bytes) -> None:
-    tmp = f"{path}.tmp{os.getpid()}"
-    with open(tmp, "wb") as f:
-        f.write(data)
-    os.replace(tmp, path)
-
-
 def _done_frames(stats_path: str) -> dict[str, dict]:
     """frame name -> stats line of the frames already labelled (a torn last line is ignored: redone)."""
     done = {}
@@ -123,8 +118,8 @@ def label_split(teacher: inference.Predictor, data_dir: str, split: str, output:
             with open(stats_path, "a", encoding="utf-8") as stats:
                 for r, lab, p, k in zip(todo, labels, predicted, kept):
                     name = records.text(r["frame_name"])
-                    _atomic_write(os.path.join(origin, f"{name}.jpg"), bytes(r["image"]))
-                    _atomic_write(os.path.join(mask_dir, f"{name}.png"), _encode_png(vspw.train_ids_to_raw(lab)))
+                    atomic_write_bytes(os.path.join(origin, f"{name}.jpg"), bytes(r["image"]))
+                    atomic_write_bytes(os.path.join(mask_dir, f"{name}.png"), _encode_png(vspw.train_ids_to_raw(lab)))
                     stats.write(json.dumps({"frame": name, "predicted": p.tolist(), "kept": k.tolist()}) + "\n")
                     stats.flush()
             counts["frames"] += len(todo)

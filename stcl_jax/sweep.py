@@ -28,6 +28,7 @@ import subprocess
 import sys
 
 from stcl_jax import cli_errors
+from stcl_jax.files import atomic_write_json
 from stcl_jax import workdir as workdir_lib
 from stcl_jax.config_files import apply_overrides, load_config_module, parse_override, split_config_spec
 from stcl_jax.configs import sweeps
@@ -112,11 +113,7 @@ def launch_command(launcher: str, config_spec: str, run: dict, launcher_args=())
 
 
 def _write_json(path: str, obj) -> None:
-    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-    tmp = path + ".tmp"
-    with open(tmp, "w", encoding="utf-8") as f:
-        json.dump(obj, f, indent=1, default=str)
-    os.replace(tmp, path)
+    atomic_write_json(path, obj, default=str)
 
 
 def run_sweep(config_spec, sweep, workdir_root, *, launcher="local", launcher_args=(), overrides=None,

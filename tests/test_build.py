@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from stcl_jax.data import build, records, synthetic, vspw
+from stcl_jax.data import build, records, synthetic
+from stcl_jax.data.datasets import vspw
 
 SIZE = (32, 48)
 

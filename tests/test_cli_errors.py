@@ -118,9 +118,10 @@ def test_inference_clis_name_the_flag_typed(tmp_path, capsys):
     assert "--checkpoints" in err and "required" in err
     err = _one_line_exit_2(export.main, ["--workdir", missing, "--output", missing], capsys)
     assert f"{missing} has no checkpoints/ folder" in err
-    from stcl_jax.data import build, label_map
+    from stcl_jax.data import label_map
+    from stcl_jax.data.build import cli
 
-    err = _one_line_exit_2(build.main, ["--data-root", missing, "--output", str(tmp_path / "out")], capsys)
+    err = _one_line_exit_2(cli.main, ["--data-root", missing, "--output", str(tmp_path / "out")], capsys)
     assert missing in err
     err = _one_line_exit_2(label_map.main, ["--map", str(tmp_path / "nomap.txt"), "--source", "ade20k"], capsys)
     assert "nomap.txt" in err

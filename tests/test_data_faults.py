@@ -11,7 +11,8 @@ import pytest
 from PIL import Image
 
 from stcl_jax import evaluate, predict
-from stcl_jax.data import build, records, synthetic, vspw
+from stcl_jax.data import build, records, synthetic
+from stcl_jax.data.datasets import vspw
 from stcl_jax.evaluation import metrics, runner
 
 SIZE = (32, 48)

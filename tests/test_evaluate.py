@@ -10,7 +10,9 @@ import pytest
 from PIL import Image
 
 from stcl_jax import config_files, evaluate
-from stcl_jax.data import synthetic, vspw
+from stcl_jax.data import synthetic
+from stcl_jax.data.datasets import vspw
+from stcl_jax.data.sources import scoring_label_space
 from stcl_jax.evaluation import metrics, runner
 
 
@@ -135,7 +137,8 @@ def test_model_form_end_to_end(raw_root, model_dir, tmp_path):
     config.data.dir, config.data.val_split = built, "val"
     config.eval.mode, config.eval.crop, config.eval.stride = "slide", (32, 32), (16, 16)
     variables, model_cfg = load_variables(model_dir)
-    direct = runner.evaluate_segmenter(build_segmenter(model_cfg), variables, config)
+    space = scoring_label_space(config.data.dir, config.data.label_map)
+    direct = runner.evaluate_segmenter(build_segmenter(model_cfg), variables, config, space)
     for key in ("miou", "wiou", "vc8"):
         assert direct[key] == pytest.approx(scores[key], rel=1e-12), key
     shutil.rmtree(built)

@@ -13,7 +13,10 @@ import pytest
 import tensorflow_datasets as tfds
 from PIL import Image
 
-from stcl_jax.data import ade20k, build, coco_panoptic, pipeline, records, synthetic, synthetic_images, vspw
+from stcl_jax.configs.base import base_config
+from stcl_jax.data import build, pipeline, records, synthetic
+from stcl_jax.data.build import cli
+from stcl_jax.data.datasets import ade20k, coco_panoptic, vspw
 
 SIZE = (32, 48)
 IMAGES = {"train": 6, "val": 2}
@@ -40,13 +43,13 @@ def _write_and_build(tmp, folder, write, dataset, seed, build_from=None):
 @pytest.fixture(scope="module")
 def ade(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("ade")      # built from the parent of ADEChallengeData2016: accepted too
-    return _write_and_build(tmp, "ADEChallengeData2016", synthetic_images.write_synthetic_ade20k, "ade20k", 1,
+    return _write_and_build(tmp, "ADEChallengeData2016", synthetic.write_synthetic_ade20k, "ade20k", 1,
                             build_from=str(tmp))
 
 
 @pytest.fixture(scope="module")
 def coco(tmp_path_factory):
-    return _write_and_build(tmp_path_factory.mktemp("coco"), "coco", synthetic_images.write_synthetic_coco_panoptic,
+    return _write_and_build(tmp_path_factory.mktemp("coco"), "coco", synthetic.write_synthetic_coco_panoptic,
                             "coco-panoptic", 2)
 
 
@@ -279,7 +282,7 @@ def test_cli_dataset_flag_default_vspw_and_several_datasets_in_one_dir(ade, coco
     out = str(tmp_path / "out")
     shutil.copytree(ade[2], out)                                            # an ADE20K build is already there
     coco_root = str(tmp_path / "coco_d2")
-    truth = synthetic_images.write_synthetic_coco_panoptic(coco_root, {"val": 3}, SIZE, seed=5, png_folder="root")
+    truth = synthetic.write_synthetic_coco_panoptic(coco_root, {"val": 3}, SIZE, seed=5, png_folder="root")
     proc = subprocess.run([sys.executable, "-m", "stcl_jax.data.build", "--dataset", "coco-panoptic", "--data-root",
                            coco_root, "--output", out, "--splits", "val", "--workers", "2"],
                           capture_output=True, text=True, timeout=300)
@@ -297,16 +300,16 @@ def test_cli_dataset_flag_default_vspw_and_several_datasets_in_one_dir(ade, coco
         np.testing.assert_array_equal(records.decode_mask(src[i]["mask"]), truth["val"][stem])
     # --dataset defaults to vspw; a root of the wrong layout says which layout was expected
     with pytest.raises(FileNotFoundError, match="VSPW_480p"):
-        build.main(["--data-root", ade[0], "--output", str(tmp_path / "x")])
+        cli.main(["--data-root", ade[0], "--output", str(tmp_path / "x")])
     with pytest.raises(FileNotFoundError, match="ADEChallengeData2016/images"):
-        build.main(["--dataset", "ade20k", "--data-root", coco_root, "--output", str(tmp_path / "x")])
+        cli.main(["--dataset", "ade20k", "--data-root", coco_root, "--output", str(tmp_path / "x")])
     with pytest.raises(FileNotFoundError, match="panoptic_train2017.json"):
         build.build_dataset(ade[0], str(tmp_path / "x"), dataset="coco-panoptic")
 
 
 def test_train_loader_reads_an_ade20k_build(ade):
     root, truth, out, _ = ade
-    c = pipeline.default_data_config()
+    c = base_config().data
     c.dir, c.num_frames, c.base_size, c.crop_size, c.scale_range = out, 1, SIZE, SIZE, (1.0, 1.0)
     c.flip_prob, c.photometric, c.cat_max_ratio, c.worker_count, c.read_threads = 0.0, False, 1.0, 0, 1
     it = pipeline.make_train_loader(c, seed=0, batch_size_per_host=4, with_indices=True)

@@ -1,10 +1,11 @@
-"""stcl_jax.data.label_map: mapping files (parsing, errors naming file and line), raw -> train id tables, and the
-shipped ADE20K / COCO panoptic -> VSPW maps."""
+"""stcl_jax.data.label_space and the label_map command: mapping files (parsing, errors naming file and line),
+raw -> train id tables, and the shipped ADE20K / COCO panoptic -> VSPW maps."""
 
 import numpy as np
 import pytest
 
-from stcl_jax.data import ade20k, coco_panoptic, label_map, vspw
+from stcl_jax.data import label_map, label_space
+from stcl_jax.data.datasets import ade20k, coco_panoptic, vspw
 
 COCO_NAMES = [name for _, name, _ in coco_panoptic.CATEGORIES]
 
@@ -29,8 +30,8 @@ def _parse_independently(path):
 @pytest.mark.parametrize("name,source", [("ade20k_to_vspw", list(ade20k.CLASS_NAMES)),
                                          ("coco_panoptic_to_vspw", COCO_NAMES)])
 def test_shipped_maps_cover_every_source_class(name, source):
-    lut = label_map.read_label_map(name, source, vspw.CLASS_NAMES)
-    expected = _parse_independently(label_map.resolve_map_path(name))
+    lut = label_space.read_label_map(name, source, vspw.CLASS_NAMES)
+    expected = _parse_independently(label_space.resolve_map_path(name))
     assert sorted(expected) == sorted(n.strip() for n in source)
     for i, n in enumerate(source):
         target = expected[n.strip()]
@@ -43,13 +44,13 @@ def test_shipped_maps_cover_every_source_class(name, source):
 def test_small_map_is_applied_exactly(tmp_path):
     path = _write(tmp_path, "# a comment\nsky -> sky\n\nroad->road   # spaces optional\ncar -> ignore\n"
                             "person -> person\n")
-    lut = label_map.read_label_map(path, ["road", "car", "sky", "person"], vspw.CLASS_NAMES)
+    lut = label_space.read_label_map(path, ["road", "car", "sky", "person"], vspw.CLASS_NAMES)
     want = [vspw.CLASS_NAMES.index("road"), 255, vspw.CLASS_NAMES.index("sky"), vspw.CLASS_NAMES.index("person")]
     assert lut[:4].tolist() == want
-    raw = label_map.compose_raw_lut(4, lut)
+    raw = label_space.compose_raw_lut(4, lut)
     mask = np.array([[0, 1, 2], [3, 4, 255]], np.uint8)       # raw k = source class k - 1; 0 and 255 ignored
     assert raw[mask].tolist() == [[255, want[0], 255], [want[2], want[3], 255]]
-    own = label_map.compose_raw_lut(4, None)
+    own = label_space.compose_raw_lut(4, None)
     assert own[mask].tolist() == [[255, 0, 1], [2, 3, 255]]
 
 
@@ -61,23 +62,23 @@ def test_small_map_is_applied_exactly(tmp_path):
     ("sky -> sky\n", r"map.txt: 1 source classes are not listed .*'road'"),
 ])
 def test_bad_map_names_file_and_line(tmp_path, text, message):
-    with pytest.raises(label_map.LabelMapError, match=message):
-        label_map.read_label_map(_write(tmp_path, text), ["road", "sky"], vspw.CLASS_NAMES)
+    with pytest.raises(label_space.LabelMapError, match=message):
+        label_space.read_label_map(_write(tmp_path, text), ["road", "sky"], vspw.CLASS_NAMES)
 
 
 def test_unknown_map_name_lists_the_shipped_ones():
     with pytest.raises(FileNotFoundError, match="ade20k_to_vspw, coco_panoptic_to_vspw"):
-        label_map.resolve_map_path("ade_to_vspw")
+        label_space.resolve_map_path("ade_to_vspw")
 
 
 def test_kept_pixels_and_raw_tables():
     lut = np.full(256, 255, np.uint8)
     lut[[0, 2]] = [5, 7]
-    r = label_map.kept_pixels(lut, [10, 30, 60])
+    r = label_space.kept_pixels(lut, [10, 30, 60])
     assert (r["classes_kept"], r["pixels_kept"], r["pixels"]) == (2, 70.0, 100.0)
     assert r["share_kept"] == pytest.approx(0.7)
-    assert label_map.raw_lut(3).tolist()[:5] == [255, 0, 1, 2, 255]
-    assert np.flatnonzero(label_map.valid_raw_values(3)).tolist() == [0, 1, 2, 3, 255]
+    assert label_space.raw_lut(3).tolist()[:5] == [255, 0, 1, 2, 255]
+    assert np.flatnonzero(label_space.valid_raw_values(3)).tolist() == [0, 1, 2, 3, 255]
 
 
 def test_cli_reports_the_map(capsys):
@@ -88,8 +89,8 @@ def test_cli_reports_the_map(capsys):
 
 
 def test_apply_raw_lut_rejects_values_outside_the_dataset():
-    lut, valid = label_map.raw_lut(3), label_map.valid_raw_values(3)
+    lut, valid = label_space.raw_lut(3), label_space.valid_raw_values(3)
     mask = np.array([[0, 1, 3, 255]], np.uint8)
-    assert label_map.apply_raw_lut(mask, lut, valid, "m").tolist() == [[255, 0, 2, 255]]
+    assert label_space.apply_raw_lut(mask, lut, valid, "m").tolist() == [[255, 0, 2, 255]]
     with pytest.raises(ValueError, match=r"frame 7: mask values \[4, 9\] are neither a class \(1..3\)"):
-        label_map.apply_raw_lut(np.array([[1, 4, 9]], np.uint8), lut, valid, "frame 7")
+        label_space.apply_raw_lut(np.array([[1, 4, 9]], np.uint8), lut, valid, "frame 7")

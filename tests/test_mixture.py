@@ -7,7 +7,10 @@ import numpy as np
 import pytest
 
 from stcl_jax import losses
-from stcl_jax.data import ade20k, build, label_map, pipeline, records, synthetic, synthetic_images, vspw
+from stcl_jax.data import build, label_space, pipeline, records, synthetic
+from stcl_jax.data.datasets import ade20k, vspw
+from stcl_jax.configs.base import base_config, mixture_source
+from stcl_jax.data.sources import scoring_label_space, training_sources
 
 SIZE = (32, 48)
 
@@ -17,7 +20,7 @@ def builds(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("mix")
     vspw_raw, ade_raw = str(tmp / "vspw_raw"), str(tmp / "ade_raw")
     synthetic.write_synthetic_vspw(vspw_raw, videos=4, frames=4, size=SIZE, seed=0)
-    synthetic_images.write_synthetic_ade20k(ade_raw, images={"train": 12, "val": 2}, size=SIZE, seed=0)
+    synthetic.write_synthetic_ade20k(ade_raw, images={"train": 12, "val": 2}, size=SIZE, seed=0)
     vspw_dir, ade_dir = str(tmp / "vspw"), str(tmp / "ade")
     build.build_dataset(vspw_raw, vspw_dir, splits=("train",), progress=False)
     build.build_dataset(ade_raw, ade_dir, splits=("train",), dataset="ade20k", progress=False)
@@ -26,14 +29,14 @@ def builds(tmp_path_factory):
 
 def _cfg(vspw_dir, ade_dir=None, **mix):
     """Identity geometry (no rescale, full-size crop, no flip / photometric) so labels can be compared exactly."""
-    c = pipeline.default_data_config()
+    c = base_config().data
     c.dir = vspw_dir
     c.num_frames, c.ref_offsets = 2, (-1, 1)
     c.base_size, c.crop_size, c.scale_range = SIZE, SIZE, (1.0, 1.0)
     c.flip_prob, c.photometric, c.cat_max_ratio = 0.0, False, 1.0
     c.worker_count, c.read_threads = 0, 1
     if ade_dir:
-        c.mixture.ade20k = pipeline.mixture_source(ade_dir, **{"ratio": 0.4, "label_map": "ade20k_to_vspw", **mix})
+        c.mixture.ade20k = mixture_source(ade_dir, **{"ratio": 0.4, "label_map": "ade20k_to_vspw", **mix})
     return c
 
 
@@ -43,13 +46,13 @@ def _vspw_index(name):
 
 def test_mixture_ratio_label_mapping_and_single_frames(builds):
     vspw_dir, ade_dir = builds
-    names, sources = pipeline.training_sources(_cfg(vspw_dir, ade_dir))
-    assert names == list(vspw.CLASS_NAMES)
+    space, sources = training_sources(_cfg(vspw_dir, ade_dir))
+    assert space.names == vspw.CLASS_NAMES and space.raw_lut is None
     assert [(s.name, s.weight, s.single_frame, s.stcl) for s in sources] == [
         ("train", pytest.approx(0.6), False, True), ("ade20k", 0.4, True, True)]
     # the shipped file, read independently: ADE class name -> VSPW train id
     mapping = {}
-    for line in open(label_map.resolve_map_path("ade20k_to_vspw"), encoding="utf-8"):
+    for line in open(label_space.resolve_map_path("ade20k_to_vspw"), encoding="utf-8"):
         line = line.split("#")[0].strip()
         if line:
             s, t = (x.strip() for x in line.split("->"))
@@ -100,22 +103,25 @@ def test_mixture_iterator_state_restores(builds):
 def test_label_space_errors_name_the_field(builds):
     vspw_dir, ade_dir = builds
     with pytest.raises(ValueError, match=r"config.data.mixture.ade20k .*150 classes differ"):
-        pipeline.training_sources(_cfg(vspw_dir, ade_dir, label_map=""))
+        training_sources(_cfg(vspw_dir, ade_dir, label_map=""))
     c = _cfg(vspw_dir, ade_dir, ratio=0.6)
     c.pseudo_ratio, c.pseudo_dir = 0.5, vspw_dir
     with pytest.raises(ValueError, match="must sum to less than 1"):
-        pipeline.training_sources(c)
+        training_sources(c)
     with pytest.raises(ValueError, match=r"config.data.mixture.ade20k.single_frame_stcl='off'"):
-        pipeline.training_sources(_cfg(vspw_dir, ade_dir, single_frame_stcl="off"))
+        training_sources(_cfg(vspw_dir, ade_dir, single_frame_stcl="off"))
     c = _cfg(vspw_dir, ade_dir)
     c.mixture.ade20k.dir = ""
     with pytest.raises(ValueError, match=r"config.data.mixture.ade20k.dir is empty"):
-        pipeline.training_sources(c)
+        training_sources(c)
     # ADE20K alone keeps its own 150 classes; with a map it trains VSPW's
-    assert len(pipeline.training_sources(_cfg(ade_dir))[0]) == 150
+    assert training_sources(_cfg(ade_dir))[0].num_classes == 150
     c = _cfg(ade_dir)
     c.label_map = "ade20k_to_vspw"
-    assert pipeline.training_sources(c)[0] == list(vspw.CLASS_NAMES)
+    space = training_sources(c)[0]
+    assert space.names == vspw.CLASS_NAMES and space.raw_lut is not None
+    scored = scoring_label_space(ade_dir, "ade20k_to_vspw")  # what evaluation scores the build in
+    assert space.names == scored.names and np.array_equal(space.raw_lut, scored.raw_lut)
 
 
 def _stcl_term(emb, labels, mask):

@@ -10,7 +10,10 @@ import textwrap
 import numpy as np
 import pytest
 
-from stcl_jax.data import build, pipeline, records, synthetic, vspw
+from stcl_jax.configs.base import base_config
+from stcl_jax.data import build, pipeline, records, synthetic
+from stcl_jax.data.normalize import IMAGENET_MEAN, IMAGENET_STD
+from stcl_jax.data.datasets import vspw
 
 
 @pytest.fixture(scope="module")
@@ -29,7 +32,7 @@ def built(tmp_path_factory):
 
 
 def _cfg(data_dir, **over):
-    c = pipeline.default_data_config()
+    c = base_config().data
     c.dir = data_dir
     c.crop_size, c.base_size, c.num_frames, c.ref_offsets = (24, 24), (32, 48), 3, (-2, 2)
     c.worker_count, c.read_threads = 0, 1
@@ -96,8 +99,8 @@ def test_host_and_device_normalisation_agree(built):
         padded += int((d["image_hw"] < 24).any(axis=1).sum())
         assert h["image"].dtype == np.float32 and "image_hw" not in h and np.abs(h["image"]).max() < 5
         np.testing.assert_array_equal(h["label"], d["label"])
-        x = normalize_padded(jnp.asarray(d["image"]), jnp.asarray(d["image_hw"]), pipeline.IMAGENET_MEAN,
-                             pipeline.IMAGENET_STD)
+        x = normalize_padded(jnp.asarray(d["image"]), jnp.asarray(d["image_hw"]), IMAGENET_MEAN,
+                             IMAGENET_STD)
         np.testing.assert_allclose(np.asarray(x), h["image"], rtol=0, atol=2e-6)
     assert padded > 0                                     # scale 0.5-1.0 of 32x48 pads some 24x24 crops
 
@@ -155,10 +158,11 @@ _WORKER_SCRIPT = textwrap.dedent("""
     import numpy as np
     import grain
     import orbax.checkpoint as ocp
+    from stcl_jax.configs.base import base_config
     from stcl_jax.data import pipeline
 
     def cfg(workers):
-        c = pipeline.default_data_config()
+        c = base_config().data
         c.dir, c.crop_size, c.base_size, c.worker_count, c.read_threads = sys.argv[1], (24, 24), (32, 48), workers, 1
         return c
 

@@ -66,7 +66,7 @@ def test_predict_video_and_frame_folder(model_dir, tmp_path):  # noqa: F811
     assert names == [f"frame_{i:03d}.png" for i in range(N)]
     np.testing.assert_array_equal(train_ids.astype(int) + 1, vspw_ids)
     # the overlay is the frame blended half-and-half with the palette colour of the label
-    from stcl_jax.data import vspw
+    from stcl_jax.data.datasets import vspw
 
     frame0 = cv2.cvtColor(cv2.imread(str(folder / "frame_000.png")), cv2.COLOR_BGR2RGB)
     want = (frame0.astype(float) + vspw.PALETTE[train_ids[0]]) / 2

@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 
 from stcl_jax import pseudo_label as pl
-from stcl_jax.data import records, vspw
+from stcl_jax.data import records
+from stcl_jax.data.datasets import vspw
 from stcl_jax.data.build import build_dataset
 from stcl_jax.data.synthetic import write_synthetic_vspw
 from stcl_jax.data.normalize import IMAGENET_MEAN, IMAGENET_STD

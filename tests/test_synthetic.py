@@ -6,7 +6,9 @@ import os
 import numpy as np
 from PIL import Image
 
-from stcl_jax.data import synthetic, vspw
+from stcl_jax.data import synthetic
+from stcl_jax.data.datasets import vspw
+from stcl_jax.data.synthetic import cli
 
 
 def _digest(root):
@@ -58,9 +60,9 @@ def test_same_files_in_processes_with_different_string_hashing(tmp_path):
     import sys
 
     commands = {"vspw": ["-m", "stcl_jax.data.synthetic", "--videos", "2", "--frames", "2", "--size", "24x32"],
-                "ade20k": ["-m", "stcl_jax.data.synthetic_images", "--layout", "ade20k", "--train", "2", "--val",
+                "ade20k": ["-m", "stcl_jax.data.synthetic", "--layout", "ade20k", "--train", "2", "--val",
                            "1", "--size", "24x32"],
-                "coco": ["-m", "stcl_jax.data.synthetic_images", "--layout", "coco-panoptic", "--train", "2",
+                "coco": ["-m", "stcl_jax.data.synthetic", "--layout", "coco-panoptic", "--train", "2",
                          "--val", "1", "--size", "24x32"]}
     for name, args in commands.items():
         digests = set()
@@ -73,6 +75,6 @@ def test_same_files_in_processes_with_different_string_hashing(tmp_path):
 
 
 def test_cli(tmp_path):
-    synthetic.main(["--output", str(tmp_path), "--videos", "1", "--frames", "2", "--size", "16x24"])
+    cli.main(["--output", str(tmp_path), "--videos", "1", "--frames", "2", "--size", "16x24"])
     (video,) = vspw.read_split(str(tmp_path), "train")
     assert len(vspw.frame_names(str(tmp_path), video)) == 2

@@ -1,9 +1,9 @@
-"""stcl_jax.data.vspw: label encoding, names, palette, layout helpers."""
+"""stcl_jax.data.datasets.vspw: label encoding, names, palette, layout helpers."""
 
 import numpy as np
 import pytest
 
-from stcl_jax.data import vspw
+from stcl_jax.data.datasets import vspw
 
 
 def test_names_and_palette():

@@ -40,7 +40,7 @@ by every pixel of the batch, ignored ones included, as mmseg's CrossEntropyLoss 
   read_threads      threads per process producing batches.
   pseudo_dir, pseudo_split, pseudo_ratio   a build holding pseudo-labelled records and the share of clips
                     drawn from it (0 = none; see stcl_jax.pseudo_label).
-  label_map         "" = train `dir`'s own classes; else a mapping file (stcl_jax.data.label_map, shipped:
+  label_map         "" = train `dir`'s own classes; else a mapping file (stcl_jax.data.label_space, shipped:
                     ade20k_to_vspw, coco_panoptic_to_vspw) putting them onto VSPW's 124 classes.
   single_frame_stcl for an image build (ADE20K, COCO) in `dir` or a mixture entry: "spatial" = the frame's
                     pixels contrast with each other (anchors and contrast from the one frame), "skip" = no STCL

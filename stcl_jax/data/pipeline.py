@@ -1,5 +1,5 @@
-"""The grain input pipelines: training clips (`make_train_loader`) and whole videos for evaluation
-(`iterate_videos`).
+"""The grain input pipeline of training clips (`make_train_loader`); whole videos for evaluation are
+`stcl_jax.data.records.iterate_videos`, the sources and their label tables `stcl_jax.data.sources`.
 
 Training, per host (as maxtext's grain pipeline):
 
@@ -13,7 +13,7 @@ field makes that lookup O(1).
 
 Several datasets train together (`config.data.mixture`, e.g. ADE20K or COCO next to VSPW): each source has a
 ratio and maps its raw masks into ONE label space (the main dataset's classes, or VSPW's through a mapping file,
-see `stcl_jax.data.label_map`). A source built from images (ADE20K, COCO) gives single-frame samples: the frame
+see `stcl_jax.data.label_space`). A source built from images (ADE20K, COCO) gives single-frame samples: the frame
 fills the clip's T slots (augmented once), the repeats carry only ignore labels (so CE counts the frame once and
 the STCL contrast is spatial, within the one frame), and `single_frame_stcl="skip"` leaves the sample out of STCL
 altogether. Every batch has "stcl" (b,) bool: whether each clip takes part in STCL.
@@ -24,139 +24,11 @@ process_count, step) only, and the iterator state (mixtures included) restores a
 
 from __future__ import annotations
 
-import dataclasses
-
 import grain
-import ml_collections
 import numpy as np
 
-from stcl_jax.data import augment, label_map, records, vspw
-from stcl_jax.data.records import iterate_videos  # noqa: F401  (part of this module's contract)
-
-IMAGENET_MEAN = (123.675, 116.28, 103.53)
-IMAGENET_STD = (58.395, 57.12, 57.375)
-
-
-def default_data_config() -> ml_collections.ConfigDict:
-    """The `config.data` fields this module reads, with the paper's values (see configs/common.py)."""
-    c = ml_collections.ConfigDict()
-    c.dir = ""                     # built dataset (output of stcl_jax.data.build)
-    c.train_split = "train"
-    c.val_split = "val"
-    c.num_frames = 2               # query + reference frames per clip
-    c.ref_offsets = (-3, 3)        # reference = query + k, k ~ U{lo..hi} \ {0}, clamped to the video
-    c.base_size = (480, 853)       # (h, w) of mmseg's Resize img_scale
-    c.scale_range = (0.5, 2.0)
-    c.crop_size = (768, 768)
-    c.cat_max_ratio = 0.75
-    c.flip_prob = 0.5
-    c.photometric = True
-    c.mean = IMAGENET_MEAN
-    c.std = IMAGENET_STD
-    c.ignore_index = 255
-    c.worker_count = 4             # grain worker processes (0 = main process)
-    c.prefetch_buffer = 2          # batches buffered per worker
-    c.read_threads = 2             # threads per process producing batches
-    c.pseudo_dir = ""              # build holding pseudo-labelled records ("" = none)
-    c.pseudo_split = "extra"
-    c.pseudo_ratio = 0.0           # share of clips drawn from the pseudo-labelled split
-    c.device_normalize = True      # ship uint8 + valid extent, normalise on the accelerator (else float32)
-    c.label_map = ""               # mapping file of dir's classes onto VSPW's ("" = keep its own classes)
-    c.single_frame_stcl = "spatial"   # image builds in dir: "spatial" (STCL within the frame) or "skip"
-    c.mixture = ml_collections.ConfigDict()   # name -> mixture_source(...): more datasets mixed into training
-    return c
-
-
-def mixture_source(dir: str = "", ratio: float = 0.0, label_map: str = "", split: str = "train",  # noqa: A002
-                   single_frame_stcl: str = "spatial") -> ml_collections.ConfigDict:
-    """One entry of `config.data.mixture`: a build, the share of clips drawn from it, and its label mapping."""
-    return ml_collections.ConfigDict(dict(dir=dir, ratio=ratio, label_map=label_map, split=split,
-                                          single_frame_stcl=single_frame_stcl))
-
-
-@dataclasses.dataclass(frozen=True)
-class Source:
-    """A split that training draws clips from, with its share and its raw label -> train id table."""
-    name: str                 # "train", "pseudo" or the mixture entry's name (the config field it comes from)
-    dir: str
-    split: str
-    weight: float
-    label_lut: np.ndarray     # uint8 (256,): raw mask value -> train id of the training label space
-    valid_raw: np.ndarray     # bool (256,): raw values the source's masks may hold
-    single_frame: bool        # an image dataset: one frame per record
-    stcl: bool                # its clips take part in STCL
-
-
-@dataclasses.dataclass(frozen=True)
-class _Spec:
-    name: str
-    field: str                # the config field it comes from, for error messages
-    dir: str
-    split: str
-    label_map: str
-    single_frame_stcl: str
-    ratio: float | None       # None: the main dataset (gets what the others leave)
-
-
-def _source_specs(data_cfg) -> list[_Spec]:
-    specs = [_Spec("train", "config.data", data_cfg.dir, data_cfg.train_split, _field(data_cfg, "label_map"),
-                   _field(data_cfg, "single_frame_stcl"), None)]
-    ratio = float(_field(data_cfg, "pseudo_ratio"))
-    if not 0.0 <= ratio < 1.0:
-        raise ValueError(f"config.data.pseudo_ratio={ratio} must be in [0, 1)")
-    if ratio > 0:
-        if not _field(data_cfg, "pseudo_dir"):
-            raise ValueError("config.data.pseudo_ratio > 0 needs config.data.pseudo_dir (a build with pseudo labels)")
-        specs.append(_Spec("pseudo", "config.data.pseudo_dir", _field(data_cfg, "pseudo_dir"),
-                           _field(data_cfg, "pseudo_split"), "", "spatial", ratio))
-    for name, m in sorted(_field(data_cfg, "mixture").items()):
-        where = f"config.data.mixture.{name}"
-        if not m.get("dir"):
-            raise ValueError(f"{where}.dir is empty: set it to a build of stcl_jax.data.build (or drop the entry)")
-        r = float(m.get("ratio", 0.0))
-        if not 0.0 < r < 1.0:
-            raise ValueError(f"{where}.ratio={r} must be in (0, 1): the share of clips drawn from it")
-        specs.append(_Spec(name, where, m["dir"], m.get("split", "train"), m.get("label_map", ""),
-                           m.get("single_frame_stcl", "spatial"), r))
-    return specs
-
-
-def training_sources(data_cfg) -> tuple[list[str], list[Source]]:
-    """(class names of the training label space, the sources with their weights and label tables).
-
-    The label space is VSPW's when any source has a label map, else the main dataset's own; a source without a
-    map must then have exactly those classes. Errors name the config field to fix."""
-    specs = _source_specs(data_cfg)
-    main_weight = 1.0 - sum(s.ratio for s in specs[1:])
-    if main_weight <= 0.0:
-        raise ValueError(f"config.data.pseudo_ratio + the config.data.mixture ratios = {1 - main_weight:.3f}: they "
-                         "must sum to less than 1 (the rest is drawn from config.data.dir)")
-    own = {s.name: records.dataset_class_names(s.dir) for s in specs}
-    mapped = any(s.label_map for s in specs)
-    target = list(vspw.CLASS_NAMES) if mapped else list(own["train"])
-    sources = []
-    for s in specs:
-        names = own[s.name]
-        if s.label_map:
-            class_lut = label_map.read_label_map(s.label_map, names, target)
-        elif [n.strip() for n in names] == [n.strip() for n in target]:
-            class_lut = None
-        else:
-            raise ValueError(f"{s.field} ({s.dir}): its {len(names)} classes differ from the training label space "
-                             f"({len(target)} classes of {'VSPW' if mapped else data_cfg.dir}); give it a label "
-                             "mapping file (label_map, e.g. ade20k_to_vspw) or train on one label space")
-        if s.single_frame_stcl not in ("spatial", "skip"):
-            raise ValueError(f"{s.field}.single_frame_stcl={s.single_frame_stcl!r}: expected 'spatial' or 'skip'")
-        single = records.dataset_name(s.dir) != "vspw"
-        sources.append(Source(s.name, s.dir, s.split, main_weight if s.ratio is None else s.ratio,
-                              label_map.compose_raw_lut(len(names), class_lut), label_map.valid_raw_values(len(names)),
-                              single, not (single and s.single_frame_stcl == "skip")))
-    return target, sources
-
-
-def _field(cfg, name):
-    """cfg.name, or the default when the caller's config predates the field."""
-    return cfg.get(name, default_data_config()[name]) if hasattr(cfg, "get") else getattr(cfg, name)
+from stcl_jax.data import augment, label_space, records
+from stcl_jax.data.sources import training_sources
 
 
 def clip_indices(rng: np.random.Generator, query: int, frame_index: int, num_frames_in_video: int,
@@ -204,7 +76,7 @@ class ClipLoader(grain.transforms.RandomMap):
         self.ref_offsets = tuple(cfg.ref_offsets)
         self.aug = augment_kwargs(cfg)
         self.ignore_index = int(cfg.ignore_index)
-        self.uint8 = bool(_field(cfg, "device_normalize"))
+        self.uint8 = bool(cfg.device_normalize)
 
     def _augment(self, rng, images, labels):
         """(images, labels) float32 normalised, or (uint8 images, labels, valid (h, w)) for device_normalize."""
@@ -217,7 +89,7 @@ class ClipLoader(grain.transforms.RandomMap):
             return np.full(shape, self.ignore_index, np.uint8)
         spec = self.specs[source_id]
         where = f"record {records.text(record['video'])}/{records.text(record['frame_name'])} of {spec.dir}"
-        return label_map.apply_raw_lut(records.decode_mask(record["mask"]), spec.label_lut, spec.valid_raw, where)
+        return label_space.apply_raw_lut(records.decode_mask(record["mask"]), spec.label_lut, spec.valid_raw, where)
 
     def random_map(self, element, rng: np.random.Generator):
         source_id, query = element
@@ -260,14 +132,15 @@ def _ensure_absl_flags_parsed():
 
 
 def make_train_loader(data_cfg, *, seed: int, process_index: int = 0, process_count: int = 1,
-                      batch_size_per_host: int, with_indices: bool = False):
+                      batch_size_per_host: int, with_indices: bool = False, sources=None):
     """A checkpointable grain DatasetIterator of {"image": (b, T, H, W, 3), "label": uint8 (b, T, H, W),
     "stcl": bool (b,)}: images float32 normalised, or with `device_normalize` uint8 padded with 0 plus
     "image_hw" int32 (b, 2), the valid extent (`stcl_jax.training.inputs.normalize_padded` finishes them).
 
     Infinite (epochs reshuffled). `with_indices=True` adds "source" (b,) and "index" (b, T): the source (position
     in `training_sources(data_cfg)[1]`: 0 = train, then pseudo, then mixture entries by name) and record indices
-    of each clip, for tests and debugging. Pass the iterator to
+    of each clip, for tests and debugging. `sources`: `training_sources(data_cfg)[1]` when the caller has them
+    (read from the builds' metadata otherwise). Pass the iterator to
     `grain.checkpoint.CheckpointSave/CheckpointRestore` inside the Orbax checkpoint."""
     if not data_cfg.dir:
         raise ValueError("config.data.dir is empty: set it to a build of stcl_jax.data.build")
@@ -275,7 +148,7 @@ def make_train_loader(data_cfg, *, seed: int, process_index: int = 0, process_co
         raise ValueError(f"process_index={process_index} must be in [0, process_count={process_count})")
     if batch_size_per_host < 1:
         raise ValueError(f"batch_size_per_host={batch_size_per_host} must be >= 1")
-    _, specs = training_sources(data_cfg)
+    specs = training_sources(data_cfg)[1] if sources is None else sources
     sources, datasets = [], []
     for i, spec in enumerate(specs):
         src = records.open_split(spec.dir, spec.split)
@@ -288,10 +161,10 @@ def make_train_loader(data_cfg, *, seed: int, process_index: int = 0, process_co
     ds = datasets[0] if len(datasets) == 1 else grain.MapDataset.mix(datasets, weights=[s.weight for s in specs])
     ds = ds.random_map(ClipLoader(sources, specs, data_cfg, with_indices), seed=seed)
     ds = ds.batch(batch_size_per_host, drop_remainder=True)
-    buffer = int(_field(data_cfg, "prefetch_buffer"))
-    it = ds.to_iter_dataset(grain.ReadOptions(num_threads=int(_field(data_cfg, "read_threads")),
+    buffer = int(data_cfg.prefetch_buffer)
+    it = ds.to_iter_dataset(grain.ReadOptions(num_threads=int(data_cfg.read_threads),
                                               prefetch_buffer_size=buffer))
-    workers = int(_field(data_cfg, "worker_count"))
+    workers = int(data_cfg.worker_count)
     if workers > 0:
         _ensure_absl_flags_parsed()
         it = it.mp_prefetch(grain.MultiprocessingOptions(num_workers=workers, per_worker_buffer_size=buffer))

@@ -17,11 +17,10 @@ import cv2
 import numpy as np
 from PIL import Image
 
-from stcl_jax.data import image_tfds, vspw, vspw_tfds
+from stcl_jax.data.datasets import vspw
+from stcl_jax.data.formats import BUILDS, VSPW
 
 _VERSION = re.compile(r"^\d+\.\d+\.\d+$")
-# (name, config) of every dataset stcl_jax.data.build writes
-BUILDS = ((vspw_tfds.NAME, vspw_tfds.CONFIG), image_tfds.ADE20K[:2], image_tfds.COCO_PANOPTIC[:2])
 
 
 def _newest_complete(parent: str) -> str | None:
@@ -48,7 +47,7 @@ def resolve_dataset_dir(data_dir: str) -> str:
     if not found:
         raise FileNotFoundError(
             f"no complete VSPW build (nor ADE20K / COCO panoptic build) in {data_dir}: expected "
-            f"{os.path.join(data_dir, vspw_tfds.NAME, vspw_tfds.CONFIG)}/<version>/dataset_info.json (or "
+            f"{os.path.join(data_dir, *VSPW[:2])}/<version>/dataset_info.json (or "
             f"ade20k/scene_parsing/, coco_panoptic/semantic/). Build it with `python -m stcl_jax.data.build "
             f"[--dataset ...] --data-root PATH --output {data_dir}` (rerun it if it was interrupted)")
     return found[0]
@@ -69,7 +68,7 @@ def dataset_class_names(data_dir: str) -> list[str]:
     names = (tfds.builder_from_directory(path).info.metadata or {}).get("class_names")
     if names:
         return list(names)
-    if dataset_name(path) == vspw_tfds.NAME:
+    if dataset_name(path) == VSPW[0]:
         return list(vspw.CLASS_NAMES)
     raise ValueError(f"the build at {path} has no class names (metadata.json): rebuild it with this version")
 

@@ -4,7 +4,7 @@ Sources: VSPW-dataset/VSPW_code `evaluator_test.py` (mIoU), `VC_perclip.py` (VC_
 they use (also copied into CFFM / MRCFA / TV3S).
 
 Labels: masks store raw values 0 = "others", 1..124 = classes, 255 = void. Scores use train ids 0..123
-(raw k -> k-1; "others" and void -> IGNORE_INDEX), see `stcl_jax.data.vspw.raw_to_train_ids`.
+(raw k -> k-1; "others" and void -> IGNORE_INDEX), see `stcl_jax.data.datasets.vspw.raw_to_train_ids`.
 
 Confusion-matrix scores (one 124 x 124 matrix over every labelled frame of the split, ground truth = rows;
 pixels whose ground truth is ignored are not counted):
@@ -243,14 +243,15 @@ def vc_score(both: np.ndarray, same: np.ndarray) -> float | None:
 def _lookup_raw_to_train(num_classes: int = NUM_CLASSES):
     """Raw mask -> train ids for a dataset of `num_classes` classes (raw k -> k - 1; 0, 255 -> ignore); raises
     on values that are not a class of it. The data modules own the label conventions."""
-    from stcl_jax.data import label_map, vspw
+    from stcl_jax.data import label_space
+    from stcl_jax.data.datasets import vspw
 
     if num_classes == vspw.NUM_CLASSES:
         return vspw.raw_to_train_ids
-    lut, valid = label_map.raw_lut(num_classes), label_map.valid_raw_values(num_classes)
+    lut, valid = label_space.raw_lut(num_classes), label_space.valid_raw_values(num_classes)
 
     def raw_to_train_ids(mask):
-        return label_map.apply_raw_lut(mask, lut, valid, "ground truth")
+        return label_space.apply_raw_lut(mask, lut, valid, "ground truth")
 
     return raw_to_train_ids
 
@@ -353,7 +354,7 @@ def format_table(result: dict, class_names: Sequence[str] | None = None) -> str:
     """Human-readable summary and per-class table: every class, those without ground truth marked '-' and
     "absent" (with the pixels predicted as them, which no score counts)."""
     if class_names is None:
-        from stcl_jax.data.vspw import CLASS_NAMES as class_names
+        from stcl_jax.data.datasets.vspw import CLASS_NAMES as class_names
     total = sum(result["gt_pixels"]) or 1
     pred_pixels = result.get("pred_pixels") or [0] * len(class_names)
     lines = [f"{'id':>4}  {'class':<24} {'IoU':>7} {'acc':>7} {'GT share':>9}"]

@@ -21,8 +21,9 @@ import time
 import numpy as np
 from PIL import Image
 
-from stcl_jax.data import vspw
+from stcl_jax.data.datasets import vspw
 from stcl_jax.evaluation import metrics
+from stcl_jax.files import atomic_write_json
 
 log = logging.getLogger("stcl_jax.evaluation")
 
@@ -207,7 +208,7 @@ def evaluate_model(predictor, data_dir: str, split: str, *, vc_protocol: str = "
     scores them. Multi-process: call it on every process (the final reduction is collective).
 
     A build of another label space (ADE20K, COCO: a video per image) is scored over its `num_classes` classes,
-    or, with `raw_lut` (raw mask value -> train id, from `stcl_jax.data.label_map`), in the mapped space."""
+    or, with `raw_lut` (raw mask value -> train id, from `stcl_jax.data.label_space`), in the mapped space."""
     import jax
 
     from stcl_jax.data.records import iterate_videos
@@ -235,10 +236,10 @@ def evaluate_model(predictor, data_dir: str, split: str, *, vc_protocol: str = "
     return _finish(evaluator.result(), class_names)
 
 
-def evaluate_segmenter(model, variables, config, *, max_videos: int | None = None) -> dict:
-    """Scores a `build_segmenter` module on `config.data.val_split` of `config.data.dir` with the inference
-    settings of `config.eval` (mode, crop, stride; max_videos) and `config.data` (mean, std): the training
-    loop's periodic evaluation. `variables` must be addressable by this process (gather FSDP-sharded params
+def evaluate_segmenter(model, variables, config, space, *, max_videos: int | None = None) -> dict:
+    """Scores a `build_segmenter` module on `config.data.val_split` of `config.data.dir` in the label space
+    `space` (`stcl_jax.data.sources.LabelSpace`) with the inference settings of `config.eval` (mode, crop,
+    stride; max_videos) and `config.data` (mean, std): the training loop's periodic evaluation. `variables` must be addressable by this process (gather FSDP-sharded params
     with `multihost_utils.process_allgather` first); call it on every process."""
     from stcl_jax.evaluation import inference
 
@@ -246,24 +247,9 @@ def evaluate_segmenter(model, variables, config, *, max_videos: int | None = Non
                                     crop=tuple(config.eval.crop), stride=tuple(config.eval.stride),
                                     mean=tuple(config.data.mean), std=tuple(config.data.std))
     limit = config.eval.max_videos if max_videos is None else max_videos
-    names, lut = validation_label_space(config.data.dir, config.data.label_map)
-    if len(names) != config.model.num_classes:
-        raise ValueError(f"config.model.num_classes={config.model.num_classes} but {config.data.dir} is scored over "
-                         f"{len(names)} classes")
+    space.check_classifier(config.model.num_classes, f"config.model.num_classes={config.model.num_classes}")
     return evaluate_model(predictor, config.data.dir, config.data.val_split, max_videos=limit,
-                          num_classes=len(names), raw_lut=lut, class_names=names)
-
-
-def validation_label_space(data_dir: str, map_name: str = "") -> tuple[list[str], np.ndarray | None]:
-    """(class names, raw -> train id table or None) that the masks of the build `data_dir` are scored in: its own
-    classes, or VSPW's through the mapping file `map_name` (stcl_jax.data.label_map)."""
-    from stcl_jax.data import label_map, records
-
-    names = records.dataset_class_names(data_dir)
-    if not map_name:
-        return list(names), None
-    class_lut = label_map.read_label_map(map_name, names, vspw.CLASS_NAMES)
-    return list(vspw.CLASS_NAMES), label_map.compose_raw_lut(len(names), class_lut)
+                          num_classes=space.num_classes, raw_lut=space.raw_lut, class_names=list(space.names))
 
 
 def _finish(result: dict, class_names=None) -> dict:
@@ -272,8 +258,4 @@ def _finish(result: dict, class_names=None) -> dict:
 
 
 def write_json(result: dict, path: str) -> None:
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    tmp = f"{path}.tmp{os.getpid()}"
-    with open(tmp, "w") as f:
-        json.dump(metrics.json_ready(result), f, indent=1)
-    os.replace(tmp, path)
+    atomic_write_json(path, metrics.json_ready(result))

@@ -20,6 +20,7 @@ import os
 import time
 
 from stcl_jax import workdir as workdir_lib
+from stcl_jax.files import atomic_write_text
 
 log = logging.getLogger("stcl_jax.train")
 
@@ -227,7 +228,4 @@ def record_config(config, workdir: str, allowed: dict, resumed: bool) -> None:
              "changes": allowed}
     with open(os.path.join(workdir, workdir_lib.CONFIG_HISTORY), "a", encoding="utf-8") as f:
         f.write(json.dumps(entry, sort_keys=True) + "\n")
-    tmp = os.path.join(workdir, workdir_lib.CONFIG + ".tmp")
-    with open(tmp, "w", encoding="utf-8") as f:
-        f.write(config.to_json_best_effort(indent=2, sort_keys=True))
-    os.replace(tmp, os.path.join(workdir, workdir_lib.CONFIG))
+    atomic_write_text(os.path.join(workdir, workdir_lib.CONFIG), config.to_json_best_effort(indent=2, sort_keys=True))

@@ -25,6 +25,10 @@ import optax
 from stcl_jax import losses
 from stcl_jax import workdir as workdir_lib
 from stcl_jax.workdir import load_trained_variables
+from stcl_jax.data.pipeline import make_train_loader
+from stcl_jax.data.sources import training_sources
+from stcl_jax.data.synthetic import demo
+from stcl_jax.evaluation.runner import evaluate_segmenter
 from stcl_jax.models import build_segmenter
 from stcl_jax.training import checkpoint as ckpt_lib
 from stcl_jax.training import config_check
@@ -132,7 +136,7 @@ def log_memory(compiled) -> dict:
 # ------------------------------------------------------------------------------------------------------- data
 def resolve_data_dir(config, workdir):
     """The config with `data.dir` set: given (it must exist), or (configs with a `synthetic` block) the workdir's
-    generated dataset, `workdir/data/built` (written by `prepare_data`). Touches nothing."""
+    generated dataset (`stcl_jax.data.synthetic.demo`). Touches nothing."""
     if config.data.dir:
         if not os.path.isdir(config.data.dir):
             raise FileNotFoundError(f"config.data.dir={config.data.dir!r} does not exist: build a dataset with "
@@ -143,47 +147,17 @@ def resolve_data_dir(config, workdir):
                          "`python -m stcl_jax.data.build`), or use configs/demo.py, which generates one")
     config = config.copy_and_resolve_references()
     with config.unlocked():
-        config.data.dir = os.path.join(workdir, workdir_lib.GENERATED_DATA, "built")
+        config.data.dir = demo.built_dir(os.path.join(workdir, workdir_lib.GENERATED_DATA))
     config.lock()
     return config
 
 
 def prepare_data(config, workdir):
     """`resolve_data_dir`, then generates the `synthetic` dataset into the workdir when it is not there yet."""
-    generated = not config.data.dir
-    config = resolve_data_dir(config, workdir)
-    if generated:
-        raw, built = os.path.join(workdir, workdir_lib.GENERATED_DATA, "raw"), config.data.dir
-        done = os.path.join(built, ".complete")
-        if jax.process_index() == 0 and not os.path.exists(done):
-            _write_synthetic(config.synthetic, raw, built, (config.data.train_split, config.data.val_split))
-            open(done, "w").close()
-        if jax.process_count() > 1:
-            from jax.experimental import multihost_utils
-
-            multihost_utils.sync_global_devices("stcl_jax synthetic data ready")
-    return config
-
-
-def _write_synthetic(s, raw, built, splits):
-    """Generates the `config.synthetic` dataset (layout vspw: videos x frames; coco-panoptic: train / val images)
-    in `raw` and builds it into `built`."""
-    from stcl_jax.data.build import build_dataset
-
-    layout = s.layout
-    if layout == "vspw":
-        from stcl_jax.data.synthetic import write_synthetic_vspw
-
-        log.info("generating the synthetic VSPW dataset (%d videos x %d frames) in %s", s.videos, s.frames, raw)
-        write_synthetic_vspw(raw, s.videos, s.frames, size=tuple(s.size), seed=s.seed)
-    elif layout == "coco-panoptic":
-        from stcl_jax.data.synthetic_images import write_synthetic_coco_panoptic
-
-        log.info("generating the synthetic COCO panoptic images (%d train, %d val) in %s", s.train, s.val, raw)
-        write_synthetic_coco_panoptic(raw, images={"train": s.train, "val": s.val}, size=tuple(s.size), seed=s.seed)
-    else:
-        raise ValueError(f"config.synthetic.layout={layout!r}: expected 'vspw' or 'coco-panoptic'")
-    build_dataset(raw, built, splits=splits, dataset=layout)
+    if not config.data.dir:
+        demo.ensure_demo_dataset(config.synthetic, os.path.join(workdir, workdir_lib.GENERATED_DATA),
+                                 (config.data.train_split, config.data.val_split))
+    return resolve_data_dir(config, workdir)
 
 
 # ------------------------------------------------------------------------------------------------------- loop
@@ -212,8 +186,6 @@ def train_and_evaluate(config, workdir: str) -> dict:
 
 
 def _train(config, workdir: str, checkpointer) -> dict:
-    from stcl_jax.data.pipeline import make_train_loader
-
     latest = checkpointer.intact_latest_step()
     rerun = bool(config.eval.rerun)
     if latest is not None and latest >= config.total_steps and not rerun:
@@ -226,12 +198,14 @@ def _train(config, workdir: str, checkpointer) -> dict:
     local_batch = mesh_lib.check_batch_size(config.global_batch_size, mesh)
     log.info("mesh %s over %d devices (%d processes); global batch %d clips, %d per process", dict(mesh.shape),
              jax.device_count(), jax.process_count(), config.global_batch_size, local_batch)
-    _check_label_space(config)
+    space, sources = training_sources(config.data)  # read once: the loader, the check and validation share it
+    _check_label_space(config, space, sources)
     model = build_segmenter(config.model)
     tx, schedule = make_optimizer(config)
     crop, frames = tuple(config.data.crop_size), config.data.num_frames
     data_iter = make_train_loader(config.data, seed=config.seed, process_index=jax.process_index(),
-                                  process_count=jax.process_count(), batch_size_per_host=local_batch)
+                                  process_count=jax.process_count(), batch_size_per_host=local_batch,
+                                  sources=sources)
 
     # --- state: resume > init_from > fresh
     abstract, shardings = state_lib.abstract_state_and_shardings(model, tx, (1, *crop, 3), mesh, config.mesh)
@@ -278,7 +252,7 @@ def _train(config, workdir: str, checkpointer) -> dict:
                 pending = None
                 checkpointer.save(step, state, data_iter, force=preempted)
             if config.eval_every_steps and step % config.eval_every_steps == 0 and step < config.total_steps:
-                writer.write(step, evaluate(config, model, state, step))
+                writer.write(step, evaluate(config, model, state, step, space))
             if preempted:
                 log.warning("preempted: saved step %d, exiting; rerun the same command to resume", step)
                 break
@@ -286,7 +260,7 @@ def _train(config, workdir: str, checkpointer) -> dict:
             logger.record(*pending)
         final = dict(logger.last)
         if step >= config.total_steps and (config.eval.at_end or rerun):
-            scores = evaluate(config, model, state, step)
+            scores = evaluate(config, model, state, step, space)
             writer.write(step, scores)
             final.update(scores)
     finally:
@@ -346,15 +320,9 @@ class _StepLogger:
             self.sums, self.count = {}, 0
 
 
-def _check_label_space(config):
+def _check_label_space(config, space, sources):
     """The classes the data trains (one label space over every source) must be the model's classifier."""
-    from stcl_jax.data.pipeline import training_sources
-
-    names, sources = training_sources(config.data)
-    if len(names) != config.model.num_classes:
-        raise ValueError(f"config.model.num_classes={config.model.num_classes}, but the training data's label space "
-                         f"has {len(names)} classes (those of {config.data.dir}, or VSPW's when a label_map is "
-                         f"set): set --config.model.num_classes={len(names)}")
+    space.check_classifier(config.model.num_classes, f"config.model.num_classes={config.model.num_classes}")
     for s in sources:
         log.info("training source %-8s %5.1f%% of clips: %s [%s]%s", s.name, 100 * s.weight, s.dir, s.split,
                  " (single frames, STCL " + ("within the frame)" if s.stcl else "skipped)") if s.single_frame else "")
@@ -371,23 +339,17 @@ def _check_batch(batch, spec):
 
 
 # ------------------------------------------------------------------------------------------------- evaluation
-def evaluate(config, model, state, step: int) -> dict:
-    """Validation scores of `state` on `config.data.val_split` as {"val/miou": ...} (fractions), logged.
-
-    Every process takes part (videos are split over processes, the confusion matrix is reduced across them).
-    Returns {} when `stcl_jax.evaluation` is not installed in this tree."""
-    try:
-        from stcl_jax.evaluation.runner import evaluate_segmenter
-    except ImportError as e:
-        log.warning("no validation: stcl_jax.evaluation is not available (%s)", e)
-        return {}
+def evaluate(config, model, state, step: int, space) -> dict:
+    """Validation scores of `state` on `config.data.val_split` (scored in the training label space `space`) as
+    {"val/miou": ...} (fractions), logged. Every process takes part (videos are split over processes, the
+    confusion matrix is reduced across them)."""
     variables = {"params": state.params, "batch_stats": state.batch_stats}
     if not all(x.is_fully_addressable for x in jax.tree_util.tree_leaves(variables)):
         from jax.experimental import multihost_utils  # FSDP over several processes: gather the parameters
 
         variables = multihost_utils.process_allgather(variables, tiled=True)
     t0 = time.perf_counter()
-    result = evaluate_segmenter(model, variables, config)
+    result = evaluate_segmenter(model, variables, config, space)
     scores = {f"val/{k}": float(result[k]) for k in ("miou", "wiou", "pixel_acc", "mean_class_acc", "vc8", "vc16")
               if isinstance(result.get(k), (int, float))}
     log.info("validation at step %d on %s/%s (%.0f s): %s", step, config.data.dir, config.data.val_split,

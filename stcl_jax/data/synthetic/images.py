@@ -1,9 +1,9 @@
 """Small synthetic image datasets in the real ADE20K SceneParsing and COCO panoptic layouts (tests, CPU demo).
 
-    python -m stcl_jax.data.synthetic_images --layout {ade20k,coco-panoptic} --output DIR
-                                             [--train N] [--val M] [--size HxW] [--seed S]
+    python -m stcl_jax.data.synthetic --layout {ade20k,coco-panoptic} --output DIR
+                                      [--train N] [--val M] [--size HxW] [--seed S]   (`cli`)
 
-Images are drawn like `synthetic`'s VSPW frames (street / lake / room scenes of textured bands and objects, one
+Images are drawn like `synthetic.vspw`'s VSPW frames (street / lake / room scenes of textured bands and objects, one
 colour and texture per class), so classes shared with VSPW (person, car, tree, sky, road, wall, ...) look alike
 in all three datasets and a short pre-training is meaningful. Every image has several instances of one category;
 even images hold an unlabelled patch (raw 0), odd ones a patch of a class beyond VSPW's (ADE20K "flag", raw 150;
@@ -14,17 +14,16 @@ drawing state (not with the converters), as the truth the build is tested agains
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 
 import numpy as np
 from PIL import Image
 
-from stcl_jax.data import ade20k, coco_panoptic
-from stcl_jax.data.synthetic import LOOK, SCENES, SHAPES, _parse_size, shape_region, texture
+from stcl_jax.data.datasets import ade20k, coco_panoptic
+from stcl_jax.data.synthetic.render import LOOK, SCENES, SHAPES, shape_region, texture
 
-# look (synthetic.LOOK) -> (ADE20K class, COCO panoptic category)
+# look (render.LOOK) -> (ADE20K class, COCO panoptic category)
 NAMES = {
     "sky": ("sky", "sky-other-merged"), "building": ("building", "building-other-merged"),
     "road": ("road", "road"), "mountain": ("mountain", "mountain-merged"), "tree": ("tree", "tree-merged"),
@@ -34,7 +33,7 @@ NAMES = {
     "high": ("flag", "rug-merged"),          # a class beyond VSPW's, the last raw value of each dataset
 }
 HIGH_LOOK = ((200, 60, 160), "stripes30", 0.04, 50)
-_UNLABELLED = "others"                       # synthetic.LOOK's look of the raw-0 patch
+_UNLABELLED = "others"                       # render.LOOK's look of the raw-0 patch
 
 
 def _look(key: str):
@@ -171,22 +170,3 @@ def write_synthetic_coco_panoptic(root: str, images: dict[str, int] | None = Non
             json.dump(data, f)
     return out
 
-
-def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--layout", required=True, choices=("ade20k", "coco-panoptic"))
-    p.add_argument("--output", required=True, help="folder to write (ADEChallengeData2016 / the COCO root)")
-    p.add_argument("--train", type=int, default=24, help="training images")
-    p.add_argument("--val", type=int, default=8, help="validation images")
-    p.add_argument("--size", type=_parse_size, default=(128, 192), help="image size HxW")
-    p.add_argument("--seed", type=int, default=0)
-    a = p.parse_args(argv)
-    write = write_synthetic_ade20k if a.layout == "ade20k" else write_synthetic_coco_panoptic
-    write(a.output, {"train": a.train, "val": a.val}, a.size, a.seed)
-    print(f"wrote {a.train} train + {a.val} val {a.layout} images of {a.size[0]}x{a.size[1]} to {a.output}")
-
-
-if __name__ == "__main__":
-    from stcl_jax import cli_errors
-
-    cli_errors.run(main)

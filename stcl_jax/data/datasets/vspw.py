@@ -27,7 +27,7 @@ from typing import Sequence
 
 import numpy as np
 
-from stcl_jax.data.label_map import raw_lut
+from stcl_jax.data.label_space import raw_lut
 
 NUM_CLASSES = 124
 IGNORE_INDEX = 255

@@ -17,11 +17,11 @@ from typing import Iterable
 import numpy as np
 import tensorflow_datasets as tfds
 
-from stcl_jax.data import ade20k, coco_panoptic, image_scan, scan
-from stcl_jax.data.vspw_tfds import RecordBuilder, bad_input, empty_split, map_jobs
-
-ADE20K = ("ade20k", "scene_parsing", "1.0.0")
-COCO_PANOPTIC = ("coco_panoptic", "semantic", "1.0.0")
+from stcl_jax.data.build import image_scan
+from stcl_jax.data.build.base import RecordBuilder, bad_input, empty_split, map_jobs
+from stcl_jax.data.build.checks import Bad
+from stcl_jax.data.datasets import ade20k, coco_panoptic
+from stcl_jax.data.formats import ADE20K, COCO_PANOPTIC
 
 
 class _ImageBuilder(RecordBuilder, skip_registration=True):
@@ -32,10 +32,10 @@ class _ImageBuilder(RecordBuilder, skip_registration=True):
         return {split: self._generate_examples(split, *self._jobs(root, split)) for split in self._splits}
 
     def _jobs(self, root: str, split: str) -> tuple[object, list]:
-        """(function scanning one job -> scan.Frame | scan.Bad, jobs in record order)."""
+        """(function scanning one job -> checks.Frame | checks.Bad, jobs in record order)."""
         raise NotImplementedError
 
-    def _report_bad(self, split: str, bad: list[scan.Bad]) -> None:
+    def _report_bad(self, split: str, bad: list[Bad]) -> None:
         """Bad inputs found while listing a split: the build stops, or with --skip-bad they are reported."""
         if bad and not self._skip_bad:
             raise bad_input(split, bad, "split")
@@ -45,7 +45,7 @@ class _ImageBuilder(RecordBuilder, skip_registration=True):
         pixels = self.pixels.setdefault(split, np.zeros(256, np.int64))
         n, t0, bad_here = 0, time.time(), []
         for i, res in enumerate(map_jobs(fn, jobs, self._workers, chunksize=16)):
-            if isinstance(res, scan.Bad):
+            if isinstance(res, Bad):
                 if not self._skip_bad:
                     raise bad_input(split, [res], "image")
                 self.skipped.append(res)
@@ -79,7 +79,7 @@ class Ade20k(_ImageBuilder):
     def _jobs(self, root, split):
         root = ade20k.resolve_root(root)
         (images, bad_images), (masks, bad_masks) = ade20k.image_files(root, split), ade20k.annotation_files(root, split)
-        self._report_bad(split, [scan.Bad(path, reason) for path, reason in bad_images + bad_masks])
+        self._report_bad(split, [Bad(path, reason) for path, reason in bad_images + bad_masks])
         jobs = [(s, images.get(s), masks.get(s)) for s in sorted(set(images) | set(masks))]
         return image_scan.scan_ade20k, jobs
 
@@ -111,7 +111,7 @@ class CocoPanoptic(_ImageBuilder):
             jobs.append((os.path.splitext(im["file_name"])[0], os.path.join(layout.image_dir, im["file_name"]),
                          png, (int(im["height"]), int(im["width"])), a["segments_info"] if a else []))
         orphans = sorted(set(ann["annotations"]) - used)   # annotations whose image the JSON does not list
-        self._report_bad(split, [scan.Bad(os.path.join(layout.png_dir, ann["annotations"][i]["file_name"]),
+        self._report_bad(split, [Bad(os.path.join(layout.png_dir, ann["annotations"][i]["file_name"]),
                                           f"annotation of image id {i}, which is not in {layout.json}'s images")
                                  for i in orphans])
         return functools.partial(image_scan.scan_coco_panoptic, raw=ann["raw"]), jobs

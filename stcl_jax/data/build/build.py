@@ -37,7 +37,6 @@ ADE20K and COCO panoptic (also: image without annotation, panoptic segment missi
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import shutil
@@ -45,16 +44,18 @@ from typing import Sequence
 
 import tensorflow_datasets as tfds
 
-from stcl_jax.data import ade20k, coco_panoptic, image_tfds, vspw, vspw_tfds
-from stcl_jax.data.vspw_tfds import CONFIG, EXTRA, LABELS, BadInputError, Vspw, dataset_dir  # noqa: F401
+from stcl_jax.data.build.image_tfds import Ade20k, CocoPanoptic
+from stcl_jax.data.build.base import BadInputError
+from stcl_jax.data.build.vspw_tfds import Vspw
+from stcl_jax.data.datasets import ade20k, coco_panoptic, vspw
+from stcl_jax.data.formats import ADE20K, COCO_PANOPTIC, LABELS, VSPW
 
 # --dataset -> (builder class, (name, config, version), splits it has, the layout --data-root must hold)
 DATASETS = {
-    "vspw": (Vspw, (vspw_tfds.NAME, CONFIG, vspw_tfds.VERSION), tuple(LABELS),
-             "the extracted VSPW_480p folder (data/, train.txt, val.txt, test.txt)"),
-    "ade20k": (image_tfds.Ade20k, image_tfds.ADE20K, tuple(ade20k.SPLITS),
+    "vspw": (Vspw, VSPW, tuple(LABELS), "the extracted VSPW_480p folder (data/, train.txt, val.txt, test.txt)"),
+    "ade20k": (Ade20k, ADE20K, tuple(ade20k.SPLITS),
                "ADEChallengeData2016 (images/ and annotations/, each with training/ and validation/)"),
-    "coco-panoptic": (image_tfds.CocoPanoptic, image_tfds.COCO_PANOPTIC, coco_panoptic.SPLITS,
+    "coco-panoptic": (CocoPanoptic, COCO_PANOPTIC, coco_panoptic.SPLITS,
                       "a folder with annotations/panoptic_{train,val}2017.json, the panoptic PNG folders and "
                       "{train,val}2017/"),
 }
@@ -159,36 +160,3 @@ def _read_report(output_dir: str) -> dict:
             return json.load(f)
     return {}
 
-
-def main(argv=None):
-    p = argparse.ArgumentParser(description="Build VSPW, ADE20K or COCO panoptic ArrayRecord shards "
-                                "(tensorflow-datasets, no TensorFlow).")
-    p.add_argument("--dataset", default="vspw", choices=sorted(DATASETS), help="which dataset --data-root holds")
-    p.add_argument("--data-root", required=True, help="vspw: the extracted VSPW_480p folder (data/, train.txt, ...); "
-                   "ade20k: ADEChallengeData2016; coco-panoptic: the folder with annotations/ and train2017/ ...")
-    p.add_argument("--output", required=True, help="output folder (tfds data_dir)")
-    p.add_argument("--splits", default="train,val", help=f"comma-separated, of {','.join(LABELS)} (VSPW) or "
-                   "train,val (ADE20K, COCO)")
-    p.add_argument("--workers", type=int, default=0, help="processes reading and checking files (0 = in-process)")
-    p.add_argument("--skip-bad", action="store_true", help="leave bad frames out and list them in the report")
-    p.add_argument("--extra-frames", default=None, help="VSPW-layout folder of extra (unlabelled or "
-                   "pseudo-labelled) videos, built as split 'extra' (added to --splits automatically)")
-    a = p.parse_args(argv)
-    splits = [s for s in a.splits.split(",") if s]
-    if a.extra_frames and EXTRA not in splits:
-        splits.append(EXTRA)
-    report = build_dataset(a.data_root, a.output, splits, workers=a.workers, skip_bad=a.skip_bad,
-                           extra_frames=a.extra_frames, dataset=a.dataset)
-    for split, c in report.get("splits", {}).items():
-        print(f"[build] {split}: " + ", ".join(f"{n} {what}" for what, n in c.items()))
-    skipped = report.get("skipped", [])
-    if skipped:
-        print(f"[build] skipped {len(skipped)} bad inputs (listed in {a.output}/build_report.json):")
-        for b in skipped[:20]:
-            print(f"  {b['path']}: {b['reason']}")
-
-
-if __name__ == "__main__":
-    from stcl_jax import cli_errors
-
-    cli_errors.run(main)

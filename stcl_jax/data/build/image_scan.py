@@ -1,8 +1,8 @@
 """Reads and checks the files of one ADE20K or COCO panoptic image: the per-image work unit of the image builds.
 
-Like `scan` (its VSPW counterpart) free of tensorflow-datasets so `build --workers K` processes start quickly.
-Each function returns a `scan.Frame` (frame name = image file stem; mask = the PNG bytes to store; pixels = the
-histogram of the stored mask) or a `scan.Bad(path, reason)`.
+Like `vspw_scan` (its VSPW counterpart) it runs in the `--workers` processes. Each function returns a
+`checks.Frame` (frame name = image file stem; mask = the PNG bytes to store; pixels = the histogram of the stored
+mask) or a `checks.Bad(path, reason)`.
 """
 
 from __future__ import annotations
@@ -12,8 +12,8 @@ import io
 import numpy as np
 from PIL import Image
 
-from stcl_jax.data import ade20k, coco_panoptic
-from stcl_jax.data.scan import Bad, Frame, check_frame, open_checked
+from stcl_jax.data.build.checks import Bad, Frame, check_ade20k_mask, check_frame, open_checked
+from stcl_jax.data.datasets import ade20k, coco_panoptic
 
 
 def _read_image(path: str) -> tuple[bytes, int, int]:
@@ -36,7 +36,7 @@ def scan_ade20k(job: tuple[str, str | None, str | None]) -> Frame | Bad:
     try:
         with open(mask, "rb") as f:
             png = f.read()
-        pixels = ade20k.check_mask(png, (h, w))
+        pixels = check_ade20k_mask(png, (h, w))
     except (OSError, ValueError) as e:
         return Bad(mask, str(e))
     return Frame(stem, jpeg, png, h, w, pixels)

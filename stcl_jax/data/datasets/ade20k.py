@@ -1,4 +1,4 @@
-"""ADE20K SceneParsing (ADEChallengeData2016): class names, label encoding, on-disk layout, mask check.
+"""ADE20K SceneParsing (ADEChallengeData2016): class names, label encoding, on-disk layout.
 
 Label encoding (as the release and mmseg read it): an annotation PNG stores one raw value per pixel, 0 = "other"
 (not evaluated: ignored) and 1..150 = the 150 classes below; train id = raw - 1, raw 0 -> ignore, the same
@@ -18,8 +18,6 @@ import os
 from typing import Sequence
 
 import numpy as np
-
-from stcl_jax.data import scan
 
 NUM_CLASSES = 150
 RAW_OTHER = 0
@@ -118,12 +116,3 @@ def invalid_raw_values(values: np.ndarray) -> list[int]:
     """Sorted distinct values that are not an ADE20K raw label (0..150); [] if all are valid."""
     return [int(v) for v in np.unique(values) if not 0 <= v <= NUM_CLASSES]
 
-
-def check_mask(png: bytes, size: tuple[int, int]) -> np.ndarray:
-    """Checks an annotation PNG (single-channel L or P, size (h, w), values 0..150); raises ValueError with the
-    reason. Returns the 256-bin histogram of its values (pixels per raw value)."""
-    counts = scan.label_histogram(png, size, "raw ADE20K labels")
-    bad = invalid_raw_values(np.flatnonzero(counts))
-    if bad:
-        raise ValueError(f"label values {bad[:10]} are not ADE20K labels (0 = other, 1..{NUM_CLASSES})")
-    return counts

@@ -1,6 +1,6 @@
 """A small synthetic dataset in the exact VSPW_480p layout: the data of the demo config and of the tests.
 
-    python -m stcl_jax.data.synthetic --output DIR --videos N --frames F [--size HxW] [--seed S]
+    python -m stcl_jax.data.synthetic --output DIR --videos N --frames F [--size HxW] [--seed S]   (`cli`)
 
 Each video is one of three scene types (street / lake / room) drawn as textured horizontal bands (sky, building,
 road, ...), with 2-4 textured objects that move, bounce, swell and shrink and occlude each other in depth order,
@@ -14,72 +14,19 @@ offset and step by 1-3, as in the real release; video folders are `<index>_<11-c
 
 from __future__ import annotations
 
-import argparse
 import os
 
 import numpy as np
 from PIL import Image
 
-from stcl_jax.data import vspw
+from stcl_jax.data.datasets import vspw
+from stcl_jax.data.synthetic.render import LOOK, SCENES, SHAPES, shape_region, texture
 
-# class name -> (base RGB, texture kind, relative period, amplitude)
-LOOK = {
-    "sky": ((110, 160, 225), "waves", 0.45, 12),
-    "building": ((150, 120, 105), "checker", 0.12, 35),
-    "road": ((85, 85, 90), "stripes0", 0.06, 18),
-    "mountain": ((95, 110, 80), "waves", 0.20, 25),
-    "tree": ((40, 120, 45), "dots", 0.07, 40),
-    "water": ((40, 90, 150), "stripes0", 0.05, 30),
-    "wall": ((205, 195, 170), "stripes90", 0.10, 14),
-    "floor": ((150, 105, 60), "stripes90", 0.04, 30),
-    "person": ((215, 60, 60), "stripes45", 0.05, 35),
-    "dog": ((190, 140, 70), "dots", 0.04, 35),
-    "car": ((230, 210, 40), "checker", 0.05, 45),
-    "ship_or_boat": ((230, 210, 40), "checker", 0.05, 45),  # same look as car: only the context differs
-    "chair_or_seat": ((120, 60, 150), "stripes0", 0.03, 40),
-    "ball": ((240, 240, 240), "checker", 0.03, 60),
-    "others": ((170, 150, 200), "stripes30", 0.04, 50),   # raw 0: a sign / poster of no VSPW class
-}
-# scene -> (bands top to bottom with their lower edge as a share of the height, object classes)
-SCENES = {
-    "street": ((("sky", 0.35), ("building", 0.6), ("road", 1.0)), ("car", "person", "dog")),
-    "lake": ((("sky", 0.3), ("mountain", 0.45), ("tree", 0.55), ("water", 1.0)), ("ship_or_boat", "person", "dog")),
-    "room": ((("wall", 0.55), ("floor", 1.0)), ("chair_or_seat", "person", "ball", "dog")),
-}
-SHAPES = {"car": "box", "ship_or_boat": "box", "chair_or_seat": "box", "person": "person", "dog": "ellipse",
-           "ball": "ellipse"}
 _ID_CHARS = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_"
 
 
 def _raw(name: str) -> int:
     return vspw.CLASS_NAMES.index(name) + 1
-
-
-def texture(kind: str, period: float, x: np.ndarray, y: np.ndarray) -> np.ndarray:
-    """Pattern in [-1, 1] at pixel coordinates x, y (already shifted into the texture's own frame)."""
-    w = 2 * np.pi / period
-    if kind.startswith("stripes"):
-        a = np.deg2rad(float(kind[len("stripes"):]))
-        return np.sin(w * (x * np.sin(a) + y * np.cos(a)))
-    if kind == "checker":
-        return np.sign(np.sin(w * x) * np.sin(w * y) + 1e-6)
-    if kind == "waves":
-        return np.sin(w * x + 2.0 * np.sin(0.5 * w * y))
-    if kind == "dots":
-        return np.clip(2.5 * np.cos(w * x) * np.cos(w * y) - 1.0, -1, 1)
-    raise ValueError(f"unknown texture kind {kind!r}")
-
-
-def shape_region(shape: str, v: np.ndarray, u: np.ndarray) -> np.ndarray:
-    """Pixels inside an object of kind `shape` ("box", "ellipse", "person"), at coordinates v (down), u (right)
-    relative to its centre in units of its half size."""
-    if shape == "box":
-        return (np.abs(v) < 0.55) & (np.abs(u) < 1.0)
-    if shape == "ellipse":
-        return (v / 0.7) ** 2 + u ** 2 < 1.0
-    if shape == "person":                             # body + head
-        return ((v / 1.0) ** 2 + (u / 0.35) ** 2 < 1.0) | ((v + 1.25) ** 2 + u ** 2 < 0.09)
-    raise ValueError(shape)
 
 
 class _Video:
@@ -163,7 +110,6 @@ class _Video:
         return lo + p
 
 
-
 def _split_counts(videos: int) -> dict[str, int]:
     test = max(1, videos // 8) if videos >= 3 else 0
     val = max(1, videos // 6) if videos >= 2 else 0
@@ -212,29 +158,3 @@ def write_synthetic_vspw(root: str, videos: int, frames: int, size: tuple[int, i
             f.writelines(n + "\n" for n in names)
     return splits
 
-
-def _parse_size(text: str) -> tuple[int, int]:
-    try:
-        h, w = (int(v) for v in text.lower().split("x"))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"--size must be HxW, e.g. 480x853, got {text!r}") from None
-    return h, w
-
-
-def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--output", required=True, help="folder to write (becomes a VSPW_480p-style root)")
-    p.add_argument("--videos", type=int, default=12)
-    p.add_argument("--frames", type=int, default=16)
-    p.add_argument("--size", type=_parse_size, default=(128, 192), help="frame size HxW")
-    p.add_argument("--seed", type=int, default=0)
-    a = p.parse_args(argv)
-    splits = write_synthetic_vspw(a.output, a.videos, a.frames, a.size, a.seed)
-    print(f"wrote {a.videos} videos x {a.frames} frames of {a.size[0]}x{a.size[1]} to {a.output}: "
-          + ", ".join(f"{s} {len(v)}" for s, v in splits.items()))
-
-
-if __name__ == "__main__":
-    from stcl_jax import cli_errors
-
-    cli_errors.run(main)

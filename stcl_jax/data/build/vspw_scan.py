@@ -1,38 +1,16 @@
 """Reads and checks the files of one VSPW video; the per-video work unit of `stcl_jax.data.build`.
 
-Kept free of tensorflow-datasets and grain so `build --workers K` processes start quickly. Every problem found is
-returned as a `Bad(path, reason)`; the caller decides whether it stops the build or goes into the report.
+Runs in the `--workers` processes (no tensorflow-datasets code here; the file checks are in `checks`). Every problem
+found is returned as a `Bad(path, reason)`; the caller decides whether it stops the build or goes into the report.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import io
 import os
 
-import numpy as np
-from PIL import Image
-
-from stcl_jax.data import vspw
-
-
-@dataclasses.dataclass(frozen=True)
-class Bad:
-    path: str
-    reason: str
-
-    def __str__(self):
-        return f"{self.path}: {self.reason}"
-
-
-@dataclasses.dataclass
-class Frame:
-    name: str           # 8-digit frame name, no extension
-    jpeg: bytes         # the file's bytes, unchanged
-    png: bytes | None   # the mask file's bytes, unchanged; None = no label
-    height: int
-    width: int
-    pixels: np.ndarray | None = None   # pixels per raw mask value (int64 (256,)), None = no label
+from stcl_jax.data.build.checks import Bad, Frame, check_frame, check_vspw_mask
+from stcl_jax.data.datasets import vspw
 
 
 @dataclasses.dataclass
@@ -40,46 +18,6 @@ class VideoScan:
     video: str
     frames: list[Frame]
     bad: list[Bad]
-
-
-def open_checked(data: bytes, fmt: str) -> Image.Image:
-    """Fully decodes `data` (truncated files raise), checking the container format."""
-    try:
-        img = Image.open(io.BytesIO(data))
-        img.load()
-    except Exception as e:  # PIL raises OSError, SyntaxError, ValueError... on corrupt files
-        raise ValueError(f"corrupt or unreadable {fmt} ({type(e).__name__}: {e})") from None
-    if img.format != fmt:
-        raise ValueError(f"is a {img.format} file, expected {fmt}")
-    return img
-
-
-def check_frame(jpeg: bytes) -> tuple[int, int]:
-    """Returns (h, w) of a valid 3-channel JPEG, else raises ValueError."""
-    img = open_checked(jpeg, "JPEG")
-    if img.mode not in ("RGB", "L", "CMYK", "YCbCr"):
-        raise ValueError(f"JPEG mode {img.mode} is not an image the pipeline can read as RGB")
-    return img.height, img.width
-
-
-def label_histogram(png: bytes, size: tuple[int, int], what: str = "raw VSPW labels") -> np.ndarray:
-    """Pixels per value (int64 (256,)) of a single-channel (L or P) PNG of `size` = (h, w); else ValueError."""
-    img = open_checked(png, "PNG")
-    if img.mode not in ("L", "P"):
-        raise ValueError(f"mask mode {img.mode}: expected a single-channel (L or P) PNG of {what}")
-    if (img.height, img.width) != size:
-        raise ValueError(f"mask size {img.height}x{img.width} differs from its frame's {size[0]}x{size[1]}")
-    return np.bincount(np.asarray(img, np.uint8).ravel(), minlength=256)
-
-
-def check_mask(png: bytes, size: tuple[int, int]) -> np.ndarray:
-    """Raises ValueError unless `png` is a single-channel PNG of `size` = (h, w) holding only VSPW raw labels.
-    Returns its histogram (pixels per raw value, int64 (256,))."""
-    counts = label_histogram(png, size)
-    bad = vspw.invalid_raw_values(np.flatnonzero(counts))
-    if bad:
-        raise ValueError(f"label values {bad[:10]} are neither a VSPW class (0..{vspw.NUM_CLASSES}) nor void (255)")
-    return counts
 
 
 def scan_video(root: str, video: str, labels: str) -> VideoScan:
@@ -124,7 +62,7 @@ def scan_video(root: str, video: str, labels: str) -> VideoScan:
             try:
                 with open(masks[name], "rb") as f:
                     png = f.read()
-                pixels = check_mask(png, (h, w))
+                pixels = check_vspw_mask(png, (h, w))
             except (OSError, ValueError) as e:
                 bad.append(Bad(masks[name], str(e)))
                 continue

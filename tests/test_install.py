@@ -13,6 +13,7 @@ SOURCES = ("pyproject.toml", "README.md", "requirements.txt", "stcl_jax")
 
 def test_installed_package_runs_the_demo_from_outside_the_checkout(tmp_path):
     project = tmp_path / "project"  # a copy, so the build leaves nothing in the checkout
+    project.mkdir()
     for name in SOURCES:
         src = os.path.join(REPO, name)
         if os.path.isdir(src):

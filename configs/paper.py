@@ -10,8 +10,8 @@ in table 3, whose rows fine-tune the table-2 COCO pre-training. Rows that share 
 (`table2_swin_l` is `table1_swin_l`, `table3_baseline` is `table2_coco_pre`). Append ",runlocal" for the tiny
 variant (a micro model of the same encoder; VSPW-only rows generate synthetic data when no data.dir is given).
 Without a variant (`configs/paper.py`, `configs/paper.py:runlocal`) it is `table3_stcl_512_t007`, the recipe of
-the paper's best single model before pseudo-labels. Table 1's CSwin-L row has no variant: there is no CSwin
-encoder here.
+the paper's best single model before pseudo-labels. Table 1's CSwin-L row (`table1_cswin_l`) is the Swin-L
+recipe on the CSwin-L encoder (configs/cswin_l.py).
 """
 
 import os
@@ -19,6 +19,7 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import common  # noqa: E402  (configs/ is not a package: config_flags loads this file by path)
+import cswin_l  # noqa: E402
 import swin_l  # noqa: E402
 import swin_l_coco_pretrain  # noqa: E402
 import swin_l_joint_ade20k  # noqa: E402
@@ -48,9 +49,10 @@ def _pseudo():
 
 
 VARIANTS = {
-    # table 1: encoders, no STCL (Swin-L: AdamW recipe; CNNs: SGD recipe, configs/common.py cnn_config)
+    # table 1: encoders, no STCL (Swin-L, CSwin-L: AdamW recipe; CNNs: SGD recipe, configs/common.py cnn_config)
     "table1_resnet50": _stcl(NO_STCL, base=lambda: common.cnn_config("resnet50")),
     "table1_resnest101": _stcl(NO_STCL, base=lambda: common.cnn_config("resnest101")),
+    "table1_cswin_l": _stcl(NO_STCL, base=_from(cswin_l)),
     "table1_swin_l": _stcl(NO_STCL),
     # table 2: extra data, no STCL
     "table2_swin_l": _stcl(NO_STCL),

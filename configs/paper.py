@@ -10,8 +10,8 @@ in table 3, whose rows fine-tune the table-2 COCO pre-training. Rows that share 
 (`table2_swin_l` is `table1_swin_l`, `table3_baseline` is `table2_coco_pre`). Append ",runlocal" for the tiny
 variant (a micro model of the same encoder; VSPW-only rows generate synthetic data when no data.dir is given).
 Without a variant (`configs/paper.py`, `configs/paper.py:runlocal`) it is `table3_stcl_512_t007`, the recipe of
-the paper's best single model before pseudo-labels. Table 1's CSwin-L row has no variant: there is no CSwin
-encoder here.
+the paper's best single model before pseudo-labels. Table 1's CSwin-L row (`table1_cswin_l`) is the Swin-L
+recipe on the CSwin-L encoder (configs/cswin_l.py).
 """
 
 from stcl_jax.configs import base, recipes
@@ -40,9 +40,10 @@ def _pseudo():
 
 
 VARIANTS = {
-    # table 1: encoders, no STCL (Swin-L: AdamW recipe; CNNs: SGD recipe, stcl_jax/configs/recipes.py cnn)
+    # table 1: encoders, no STCL (Swin-L, CSwin-L: AdamW recipe; CNNs: SGD recipe, stcl_jax/configs/recipes.py cnn)
     "table1_resnet50": _stcl(NO_STCL, recipe=lambda: recipes.cnn("resnet50")),
     "table1_resnest101": _stcl(NO_STCL, recipe=lambda: recipes.cnn("resnest101")),
+    "table1_cswin_l": _stcl(NO_STCL, recipe=recipes.cswin_l),
     "table1_swin_l": _stcl(NO_STCL),
     # table 2: extra data, no STCL
     "table2_swin_l": _stcl(NO_STCL),

@@ -69,16 +69,21 @@ def test_cnn_recipe(module, backbone, depths):
         small.model.cnn.widht = 3
 
 
-def test_resnet50_runlocal_trains_two_steps(tmp_path):
-    """The train CLI on `configs/resnet50.py:runlocal` (generated synthetic data, SGD): two steps, finite loss.
+def train_runlocal_two_steps(config: str, workdir) -> None:
+    """The train CLI on `config` (a `:runlocal` spec: generated synthetic data): two steps with a finite loss.
     XLA's fastest CPU backend setting and 32x32 crops keep the compile short (as tests/test_train.py)."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(("JAX_", "XLA_"))}
     env.update(JAX_PLATFORMS="cpu", XLA_FLAGS="--xla_backend_optimization_level=0")
-    cmd = [sys.executable, "-m", "stcl_jax.train", "--config", "configs/resnet50.py:runlocal",
-           "--workdir", str(tmp_path), "--config.total_steps=2", "--config.checkpoint_every_steps=2",
+    cmd = [sys.executable, "-m", "stcl_jax.train", "--config", config,
+           "--workdir", str(workdir), "--config.total_steps=2", "--config.checkpoint_every_steps=2",
            "--config.eval.at_end=False", "--config.data.crop_size=(32,32)", "--config.data.base_size=(32,48)"]
     r = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stderr[-3000:]
-    rows = [json.loads(line) for line in open(tmp_path / "metrics.jsonl")]
+    rows = [json.loads(line) for line in open(workdir / "metrics.jsonl")]
     steps = [row for row in rows if "train/loss" in row]
     assert [row["step"] for row in steps] == [1, 2] and all(math.isfinite(row["train/loss"]) for row in steps)
+
+
+def test_resnet50_runlocal_trains_two_steps(tmp_path):
+    """`configs/resnet50.py:runlocal` (SGD) trains."""
+    train_runlocal_two_steps("configs/resnet50.py:runlocal", tmp_path)

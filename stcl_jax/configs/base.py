@@ -205,6 +205,7 @@ def model(size: str, **kwargs) -> ml_collections.ConfigDict:
     """`stcl_jax.models.model_config(size, **kwargs)` with the paper's training settings on top."""
     m = model_config(size, **kwargs)
     m.swin.drop_path_rate = 0.3
+    m.cswin.drop_path_rate = 0.3
     m.projection.dim = 512
     m.dtype = "bfloat16"
     return m

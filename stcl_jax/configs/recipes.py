@@ -20,6 +20,13 @@ def swin(size: str, window_size: int, **model_kwargs) -> ml_collections.ConfigDi
     return c
 
 
+def cswin_l() -> ml_collections.ConfigDict:
+    """UperNet + CSwin-L with the paper's Transformer recipe, the Swin one (configs/cswin_l.py)."""
+    c = base.base_config()
+    c.model = base.model("cswin_l")
+    return c
+
+
 def cnn(backbone: str) -> ml_collections.ConfigDict:
     """UperNet + a CNN encoder ("resnet50" | "resnest101") with the paper's CNN recipe (Sec. 3.2).
 

@@ -4,6 +4,7 @@ r"""CLI: convert a PyTorch checkpoint into a params-only stcl_jax model director
     python -m stcl_jax.convert --from swin-official --input swin_large_patch4_window12_384_22k.pth \
         --output /ckpt/swin_l_22k --window-size 12
     python -m stcl_jax.convert --from timm-resnet --input resnest101e.pth --output /ckpt/resnest101_in1k
+    python -m stcl_jax.convert --from cswin-official --input cswin_large_384.pth --output /ckpt/cswin_l_22k_384
 
 The output directory is what training's `config.init_from` reads (stcl_jax.models.io.load_variables).
 Backbone-only sources write only `params/backbone`; training initialises the rest and reports it.
@@ -14,15 +15,15 @@ from __future__ import annotations
 import argparse
 
 from stcl_jax import cli_errors, convert
-from stcl_jax.convert import cnn
+from stcl_jax.convert import cnn, cswin
 from stcl_jax.models.io import save_variables
 
 
 def main(argv=None) -> int:
     parser = cli_errors.ArgumentParser(prog="python -m stcl_jax.convert", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--from", dest="source", required=True, choices=(*convert.SOURCES, *cnn.SOURCES),
-                        help="checkpoint format")
+    parser.add_argument("--from", dest="source", required=True, help="checkpoint format",
+                        choices=(*convert.SOURCES, *cnn.SOURCES, *cswin.SOURCES))
     parser.add_argument("--input", required=True, help="a .pth/.bin/.safetensors file or a save_pretrained folder")
     parser.add_argument("--output", required=True, help="output directory (created; its contents replaced)")
     parser.add_argument("--window-size", type=int, default=None,
@@ -35,7 +36,10 @@ def main(argv=None) -> int:
 
     try:
         state_dict, hf_config = convert.load_state_dict(args.input)
-        if args.source in cnn.SOURCES:
+        if args.source in cswin.SOURCES:
+            full = False
+            variables, cfg, report = cswin.convert_state_dict(state_dict, args.source)
+        elif args.source in cnn.SOURCES:
             full = cnn.SOURCES[args.source][2]
             variables, cfg, report = cnn.convert_state_dict(state_dict, args.source,
                                                             num_classes=args.num_classes if full else None)
@@ -50,7 +54,12 @@ def main(argv=None) -> int:
         raise type(e)(f"--input {args.input}: {cli_errors.one_line(e)}") from e
     save_variables(args.output, variables, cfg)
     print(report)
-    encoder = f"window {cfg.swin.window_size}" if cfg.backbone == "swin" else f"{cfg.backbone} {cfg.cnn.depths}"
+    if cfg.backbone == "swin":
+        encoder = f"window {cfg.swin.window_size}"
+    elif cfg.backbone == "cswin":
+        encoder = f"cswin depths {cfg.cswin.depths}, split sizes {cfg.cswin.split_size}"
+    else:
+        encoder = f"{cfg.backbone} {cfg.cnn.depths}"
     print(f"wrote {args.output} (size {cfg.size}, {encoder}, {cfg.num_classes} classes)")
     return 0
 

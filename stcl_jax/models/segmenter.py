@@ -1,4 +1,4 @@
-"""The STCL segmenter: Swin (or ResNet / ResNeSt: `model.backbone`) encoder + UperNet decoder + auxiliary FCN
+"""The STCL segmenter: Swin (or CSWin, ResNet, ResNeSt: `model.backbone`) encoder + UperNet decoder + auxiliary FCN
 head + STCL projection head.
 
 Contract (docs/design.md): `model.apply(variables, images (B, H, W, 3), train=...)` returns
@@ -21,7 +21,7 @@ import jax
 import jax.numpy as jnp
 
 from stcl_jax.models import config as config_lib
-from stcl_jax.models.backbones import CNNConfig, cnn_encoder
+from stcl_jax.models.backbones import CNNConfig, CSWinConfig, CSWinTransformer, cnn_encoder
 from stcl_jax.models.heads import FCNHead, ProjectionHead
 from stcl_jax.models.swin import SwinTransformer
 from stcl_jax.models.upernet import UPerHead, resize_bilinear
@@ -54,6 +54,7 @@ class Segmenter(nn.Module):
     dtype: Any = jnp.float32
     backbone: str = "swin"
     cnn: Any = None            # model_config().cnn (frozen) when backbone is a CNN
+    cswin: Any = None          # CSWinConfig of model_config().cswin when backbone is "cswin"
 
     @nn.compact
     def __call__(self, images: jax.Array, train: bool = False) -> dict[str, jax.Array]:
@@ -65,6 +66,8 @@ class Segmenter(nn.Module):
                                       self.patch_size, self.mlp_ratio, self.qkv_bias, self.drop_path_rate,
                                       self.remat, self.dtype, self.remat_policy, self.attention_impl,
                                       name="backbone")
+        elif self.backbone == "cswin":
+            encoder = CSWinTransformer(self.cswin, self.remat, self.remat_policy, self.dtype, name="backbone")
         else:
             encoder = cnn_encoder(self.cnn, self.dtype)
         feats = encoder(images, train)
@@ -91,4 +94,5 @@ def build_segmenter(model_config) -> Segmenter:
         aux_num_convs=c.aux.num_convs, aux_dropout=c.aux.dropout, projection_dim=c.projection.dim,
         projection_feature=c.projection.feature, remat=c.remat, remat_policy=c.remat_policy,
         attention_impl=c.attention_impl, dtype=DTYPES[c.dtype], backbone=c.backbone,
-        cnn=CNNConfig.of(c.cnn) if c.backbone != "swin" else None)
+        cnn=CNNConfig.of(c.cnn) if c.backbone in config_lib.CNN_BACKBONES else None,
+        cswin=CSWinConfig.of(c.cswin) if c.backbone == "cswin" else None)

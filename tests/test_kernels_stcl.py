@@ -18,7 +18,7 @@ import pytest
 from stcl_jax.kernels import stcl_contrast
 from stcl_jax.losses import spatial_temporal_consistency_loss as stcl
 from stcl_jax.losses.contrast_rows import rows_contrast
-from stcl_jax.losses.stcl import sample_anchors
+from stcl_jax.losses.stcl import sample_anchors, stcl_flops
 from test_stcl import _case, _loss_and_grad, reference_stcl  # one jitted loss per shape and options
 
 TRITON_CALL, TPU_CALL = "__gpu$xla.gpu.triton", "tpu_custom_call"
@@ -164,6 +164,8 @@ def test_auto_is_rows_and_bad_values_name_the_field():
     auto = jax.jit(lambda f, y: stcl(f, y, implementation="auto"))(feats, labels)
     rows = jax.jit(lambda f, y: stcl(f, y, implementation="rows"))(feats, labels)
     assert float(auto) == float(rows)
+    assert stcl_flops("auto", 2, 25, 50, 6) == stcl_flops("rows", 2, 25, 50, 6)
+    assert stcl_flops("pallas", 2, 25, 50, 6, positive_fraction=0.5) == 5 * 2 * 2 * 25 * 50 * 6
     with pytest.raises(ValueError, match="config.loss.stcl_implementation"):
         stcl(jnp.asarray(feats), jnp.asarray(labels), implementation="flash")
     with pytest.raises(ValueError, match="backend must be one of"):

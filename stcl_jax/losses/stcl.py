@@ -71,8 +71,9 @@ def stcl_flops(implementation, groups, anchors, contrast, dim, positive_fraction
     two for the positives on the tiles holding one, which it skips by itself: 1 counts every tile; scores +
     dz_contrast). Padding of the anchors to the tile size is not counted.
     """
+    implementation = AUTO if implementation == "auto" else implementation
     if implementation not in _PASSES:
-        raise ValueError(f"stcl_flops: implementation must be one of {tuple(_PASSES)}, got {implementation!r}")
+        raise ValueError(f"stcl_flops: implementation must be one of {IMPLEMENTATIONS}, got {implementation!r}")
     passes = {"tiled": 4 + float(positive_fraction), "pallas": 4 + 2 * float(positive_fraction)}.get(
         implementation, _PASSES[implementation])
     return passes * 2.0 * groups * anchors * contrast * dim

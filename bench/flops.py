@@ -15,7 +15,8 @@ bandwidth, not tensor-core FLOPs, and MFU is defined over the model's matmul FLO
 Sub-jaxprs: calls (pjit, closed_call, remat/checkpoint, custom_jvp_call, custom_vjp_call, shard_map, ...) are
 counted once per call; `scan` bodies x `length`; `cond` as its most expensive branch; `while` bodies x the static
 trip count of a `fori_loop` (counter and bound both literals), otherwise once, and such loops are tallied in
-`unknown_trip_loops` so a caller can tell that the total is a lower bound. XLA's `cost_analysis()` counts every
+`unknown_trip_loops` so a caller can tell that the total is a lower bound; a `pallas_call` kernel body x its grid
+size (so a kernel's skipped tiles, a `cond` inside it, count as visited: an upper bound there). XLA's `cost_analysis()` counts every
 loop body once, so it under-counts scanned code (the tiled STCL loss) by the trip count.
 """
 
@@ -156,6 +157,9 @@ def _walk(jaxpr, multiplier: float, count: FlopCount, tag) -> None:
                 _walk(branch.jaxpr, multiplier, sub, tag)
                 branches.append(sub)
             count.merge(max(branches, key=lambda c: c.total))
+        elif name == "pallas_call":  # the kernel body runs once per grid point
+            grid = math.prod(eqn.params["grid_mapping"].grid)
+            _walk(_as_jaxpr(eqn.params["jaxpr"]), multiplier * grid, count, tag)
         elif name == "while":
             trips = fori_trip_count(eqn)
             if trips is None:

@@ -1,7 +1,8 @@
 """STCL loss benchmark: forward+backward time, FLOPs and memory of each implementation against the peak roofline.
 
     python bench/stcl_loss.py                      # Swin-L at a 768 crop: B=4 clips, T=2, D=512, bf16, 96x96
-                                                   # (stride 8) and 192x192 (stride 4); tiled, rows, dense
+                                                   # (stride 8) and 192x192 (stride 4); tiled, rows, pallas,
+                                                   # dense
     python bench/stcl_loss.py --smoke --json OUT/stcl.json           # tiny sizes, a few seconds on a CPU
     python bench/stcl_loss.py --sizes 24,48 --batch 2 --dim 64 --dtype float32 --steps 7   # CPU-sized
 
@@ -20,12 +21,20 @@ fit (the GPU's memory, or `--dense_limit_gib` elsewhere).
 
 "sorted" (not in the default list) is "tiled" with `sort_by_label=True`: the positive pass visits only the
 contrast tiles whose labels overlap the anchor tile's; its work is 4 + (visited fraction) passes, printed for the
-blob maps. `--json PATH` writes a list of result dicts, one per (size, implementation).
+blob maps. "pallas" is the Pallas kernels (`stcl_jax/kernels/stcl_contrast.py`; Triton on a GPU, interpret mode on
+a CPU), whose second pass skips the tile pairs without a same-label pair: its work is 4 + 2 f passes with f that
+fraction of the blob maps' (kernel-tile) pairs, small since it sorts the pixels by label (its default);
+"pallas_unsorted" (`sort_by_label=False`) keeps the row-major order (f near 1 on these maps).
+`--pallas_tiles 64x64,128x64` (anchor x contrast tiles, powers of two) measures each pallas variant at those tiles
+too (named e.g. "pallas@128x64"). An implementation that fails to compile or run is recorded with its error and
+the others go on. `--json PATH` writes a list of result dicts, one per (size, implementation), rewritten after
+each result (a section cut short keeps what it measured).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import statistics
 import time
@@ -34,6 +43,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from stcl_jax.kernels import stcl_contrast
 from stcl_jax.losses import spatial_temporal_consistency_loss as stcl
 from stcl_jax.losses.stcl import balanced_tile, stcl_flops  # the tile sizes the loss uses, its GEMM FLOPs
 
@@ -55,7 +65,9 @@ def parse_args(argv=None):
     p.add_argument("--temperature", type=float, default=0.07)
     p.add_argument("--anchor_tile", type=int, default=0, help="0 = each implementation's default")
     p.add_argument("--contrast_tile", type=int, default=2048, help="tiled only")
-    p.add_argument("--impl", default="tiled,rows,dense", help="implementations: tiled,rows,dense,sorted")
+    p.add_argument("--impl", default="tiled,rows,pallas,dense",
+                   help="implementations: tiled,rows,pallas,dense,sorted,pallas_unsorted")
+    p.add_argument("--pallas_tiles", default="", help="extra pallas tiles to measure, e.g. 64x64,128x64")
     p.add_argument("--steps", type=int, default=5, help="timed steps")
     p.add_argument("--dense_limit_gib", type=float, default=8.0, help="skip dense above this (non-GPU backends)")
     p.add_argument("--peak-tflops", "--peak_tflops", dest="peak_tflops", type=float, default=0.0,
@@ -113,6 +125,49 @@ def positive_tile_fraction(labels, anchor_tile, contrast_tile):
     return per_clip, float((last - first).sum() / (na * nc))
 
 
+def pallas_tile_fraction(labels, tiles, sort):
+    """Mean over clips of the fraction of (anchor tile, contrast tile) pairs of the Pallas kernel holding a
+    same-label pair (its pass 2 visits those): per-tile label-presence bitmaps, pixels in row-major order or sorted
+    by label. Self pairs are counted, so this bounds the visited fraction from above."""
+    b, t = labels.shape[:2]
+    classes = int(labels[labels != 255].max(initial=0)) + 1
+    ta, tc = (min(tile, 1 << (length - 1).bit_length()) for tile, length in zip(tiles, (labels[0, 0].size,
+                                                                                   labels[0].size)))
+
+    def presence(x, tile):
+        x = np.sort(x, axis=1) if sort else x  # 255 (void) sorts last, as the loss's sort puts -1 last
+        x = np.pad(x, ((0, 0), (0, -x.shape[1] % tile)), constant_values=255).reshape(b, -1, tile)
+        onehot = np.zeros(x.shape[:2] + (classes + 1,), np.float32)
+        np.put_along_axis(onehot, np.minimum(x, classes), 1.0, axis=2)
+        return onehot[..., :classes]
+
+    a, c = presence(labels[:, 0].reshape(b, -1), ta), presence(labels.reshape(b, -1), tc)
+    return float(np.mean(np.einsum("bik,bjk->bij", a, c) > 0))
+
+
+@contextlib.contextmanager
+def kernel_tiles(tiles):
+    """Every back end of the Pallas kernels on `tiles` (None: their defaults) while a step is traced."""
+    saved = dict(stcl_contrast.TILES)
+    if tiles:
+        stcl_contrast.TILES.update({k: tiles for k in saved})
+    try:
+        yield
+    finally:
+        stcl_contrast.TILES.update(saved)
+
+
+def default_pallas_tiles(device):
+    return stcl_contrast.TILES["mosaic" if device.platform == "tpu" else "triton"]
+
+
+def pallas_variants(impls, args):
+    """(name, implementation, tiles) of every pallas variant of `impls` at the default and `--pallas_tiles`."""
+    extra = [tuple(int(v) for v in t.split("x")) for t in args.pallas_tiles.split(",") if t]
+    return [(impl, impl, None) for impl in impls] + [
+        (f"{impl}@{ta}x{tc}", impl, (ta, tc)) for impl in impls if impl.startswith("pallas") for ta, tc in extra]
+
+
 def time_fn(fn, args, steps, cpu_times=None):
     """Median wall seconds per call; `cpu_times` (a list) also gets the process CPU seconds per call, a figure
     that shared CPUs do not inflate (on a CPU backend it is the work summed over XLA's threads)."""
@@ -165,20 +220,34 @@ def peak_tflops(args, device):
 
 
 def loss_step(impl, args):
-    """The jitted value_and_grad of one implementation ("sorted" = tiled with sort_by_label)."""
-    kw = {"implementation": "tiled" if impl == "sorted" else impl, "sort_by_label": impl == "sorted",
+    """The jitted value_and_grad of one implementation ("sorted" = tiled with sort_by_label, "pallas_unsorted" =
+    pallas without it)."""
+    base, sort = {"sorted": ("tiled", True), "pallas_unsorted": ("pallas", False)}.get(impl, (impl, None))
+    kw = {"implementation": base, "sort_by_label": sort,
           "anchor_tile": args.anchor_tile or None, "contrast_tile": args.contrast_tile}
     return jax.jit(jax.value_and_grad(lambda f, y: stcl(f, y, temperature=args.temperature, **kw)))
 
 
-def run_impl(impl, feats, labels, base, flops, args, device):
-    """One result dict: compile, check memory, time; `base` holds the size's fields."""
-    peak = peak_tflops(args, device)
-    compiled = loss_step(impl, args).lower(feats, labels).compile()
+def run_impl(impl, feats, labels, base, flops, args, device, name=None, tiles=None):
+    """One result dict: compile, check memory, time; `base` holds the size's fields. A failure (compile, run,
+    out of memory) is recorded as `skipped: error: ...`: one implementation must not lose the others' figures."""
+    res = dict(base, implementation=name or impl, tflop=flops / 1e12, peak_tflops=peak_tflops(args, device) or None,
+               temp_gib=None)
+    if impl.startswith("pallas"):
+        res["pallas_tiles"] = list(tiles or default_pallas_tiles(device))
+    try:
+        return measure(impl, feats, labels, res, flops, args, device, tiles)
+    except Exception as e:  # noqa: BLE001 - recorded, and the next implementation runs
+        return dict(res, skipped=f"error: {type(e).__name__}: {e}"[:600])
+
+
+def measure(impl, feats, labels, res, flops, args, device, tiles):
+    peak = res["peak_tflops"]
+    with kernel_tiles(tiles):
+        compiled = loss_step(impl, args).lower(feats, labels).compile()
     temp = compiled.memory_analysis().temp_size_in_bytes
     limit = (device.memory_stats() or {}).get("bytes_limit", args.dense_limit_gib * 2**30)
-    res = dict(base, implementation=impl, tflop=flops / 1e12, temp_gib=temp / 2**30,
-               peak_tflops=peak or None)
+    res["temp_gib"] = temp / 2**30
     if args.compile_only:
         return dict(res, skipped="--compile_only")
     if impl == "dense" and temp > 0.9 * limit:
@@ -187,14 +256,15 @@ def run_impl(impl, feats, labels, base, flops, args, device):
     seconds = time_fn(compiled, (feats, labels), args.steps, cpu)
     res.update(step_s=seconds, step_cpu_s=cpu[0], achieved_tflops=flops / seconds / 1e12,
                vs_peak_roofline=seconds / (flops / (peak * 1e12)) if peak else None,
-               vs_einsum_roofline=seconds * base["einsum_pass_tflop"] * 1e12 / (flops * base["einsum_pass_s"]))
+               vs_einsum_roofline=seconds * res["einsum_pass_tflop"] * 1e12 / (flops * res["einsum_pass_s"]))
     if "peak_bytes_in_use" in (device.memory_stats() or {}):
         res["process_peak_gib"] = device.memory_stats()["peak_bytes_in_use"] / 2**30
     return res
 
 
-def run_size(size, args, rng, device):
-    """The result dicts of every `--impl` at feature size `size` x `size`."""
+def run_size(size, args, rng, device, done=()):
+    """The result dicts of every `--impl` at feature size `size` x `size`; `done`: those of the earlier sizes
+    (written with them to `--json` after each result)."""
     b, t, d = args.batch, args.frames, args.dim
     m, n = size * size, t * size * size
     labels = jnp.asarray(blob_labels(rng, b, t, size, args.classes, args.blob, args.ignore))
@@ -208,23 +278,35 @@ def run_size(size, args, rng, device):
             "einsum_pass_tflop": stcl_flops("rows", b, m, n, d) / 3e12, "einsum_pass_s": pass_s,
             "einsum_pass_cpu_s": pass_cpu, "positive_tiles_visited": visited}
     results = []
-    for impl in args.impl.split(","):
-        flops = (stcl_flops("tiled", b, m, n, d, positive_fraction=visited) if impl == "sorted"
-                 else stcl_flops(impl, b, m, n, d))
-        results.append(run_impl(impl, feats, labels, base, flops, args, device))
+    for name, impl, tiles in pallas_variants(args.impl.split(","), args):
+        extra = {}
+        if impl.startswith("pallas"):
+            fraction = pallas_tile_fraction(np.asarray(labels), tiles or default_pallas_tiles(device),
+                                            impl == "pallas")
+            flops, extra = stcl_flops("pallas", b, m, n, d, positive_fraction=fraction), {"pallas_f": fraction}
+        else:
+            flops = (stcl_flops("tiled", b, m, n, d, positive_fraction=visited) if impl == "sorted"
+                     else stcl_flops(impl, b, m, n, d))
+        results.append(dict(run_impl(impl, feats, labels, base, flops, args, device, name=name, tiles=tiles),
+                            **extra))
+        if args.json:  # rewritten after each result: a section cut short keeps what it measured
+            with open(args.json, "w") as fh:
+                json.dump(done + results, fh, indent=1)
     return results, per_clip
 
 
 def describe(r):
     """One printed line per result dict."""
     if "skipped" in r:
-        return f"  {r['implementation']:6s}: skipped ({r['skipped']}); temporaries {r['temp_gib']:.3f} GiB"
+        temp = "" if r["temp_gib"] is None else f"; temporaries {r['temp_gib']:.3f} GiB"
+        return f"  {r['implementation']:6s}: skipped ({r['skipped']}){temp}"
+    visited = f"; tile pairs with a positive pair f = {r['pallas_f']:.1%}" if "pallas_f" in r else ""
     peak = f"{r['vs_peak_roofline']:.2f}x" if r["vs_peak_roofline"] else "n/a"
     dev = f", process peak {r['process_peak_gib']:.2f} GiB" if "process_peak_gib" in r else ""
     return (f"  {r['implementation']:6s}: fwd+bwd {r['step_s'] * 1e3:.1f} ms (process CPU "
             f"{r['step_cpu_s'] * 1e3:.1f} ms), {r['tflop']:.4f} TFLOP -> {r['achieved_tflops']:.4f} TFLOP/s, "
             f"{peak} the peak roofline, {r['vs_einsum_roofline']:.2f}x the measured-einsum roofline; "
-            f"temporaries {r['temp_gib']:.3f} GiB{dev}")
+            f"temporaries {r['temp_gib']:.3f} GiB{dev}{visited}")
 
 
 def main(argv=None):
@@ -242,8 +324,13 @@ def main(argv=None):
             print(f"{size}x{size}, tiles {tiled_anchor_tile(args)}x{args.contrast_tile}: tile pairs holding a "
                   f"positive pair {per_clip.mean():.1%} per clip (max {per_clip.max():.1%}); batched positive pass "
                   f"visits {visited:.1%} -> einsum work {(4 + visited) / 5:.1%} of the unsorted tiled loss")
+            tiles = stcl_contrast.TILES["triton"]
+            f, f_sorted = (pallas_tile_fraction(labels, tiles, sort) for sort in (False, True))
+            rows[-1].update(pallas_f=f, pallas_sorted_f=f_sorted)
+            print(f"  pallas, tiles {tiles[0]}x{tiles[1]}: tile pairs with a positive pair f = {f:.1%} (row-major), "
+                  f"{f_sorted:.1%} (sorted) -> 4 + 2 f = {4 + 2 * f:.2f} / {4 + 2 * f_sorted:.2f} GEMM passes")
             continue
-        results, per_clip = run_size(size, args, rng, device)
+        results, per_clip = run_size(size, args, rng, device, done=rows)
         rows.extend(results)
         r = results[0]
         print(f"\n{size}x{size} (stride {r['stride']:g} of a {args.crop} crop): B={r['B']} T={r['T']} D={r['D']} "

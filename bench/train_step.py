@@ -128,7 +128,7 @@ def random_batch(spec: dict, num_classes: int, seed: int = 0) -> dict:
 
 
 # --------------------------------------------------------------------------------------------------- one variant
-STCL_SOURCES = r"stcl_jax/losses/(stcl|contrast)"  # the files of the STCL loss (any implementation)
+STCL_SOURCES = r"stcl_jax/(losses/(stcl|contrast)|kernels/stcl_contrast)"  # the STCL loss (any implementation)
 
 
 def analytic_flops(model, tx, schedule, config, abstract_state, abstract_batch) -> dict:

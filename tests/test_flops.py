@@ -154,3 +154,15 @@ def test_source_tag_splits_by_file_also_in_the_backward():
     assert count.by_tag["dense"] == 3 * 2 * 4 * 5 * 6
     assert count.by_tag["other"] == 2 * 2 * 4 * 6 * 3        # forward + the gradient w.r.t. the Dense output
     assert count.total == count.by_tag["dense"] + count.by_tag["other"]
+
+
+def test_pallas_kernels_count_once_per_grid_point():
+    """The STCL Pallas kernels (forward with gradients + dz_contrast) at a shape no back end pads: exactly
+    `stcl_flops("pallas")` with every positive-pass tile visited (the count cannot see which tiles are skipped)."""
+    from stcl_jax.losses import spatial_temporal_consistency_loss as stcl, stcl_flops
+
+    b, t, h, w, d = 1, 4, 8, 16, 128  # M = 128 anchors, N = 512 contrast pixels: whole tiles on every back end
+    feats = jax.ShapeDtypeStruct((b, t, h, w, d), jnp.float32)
+    labels = jax.ShapeDtypeStruct((b, t, h, w), jnp.int32)
+    count = flops.count_flops(jax.value_and_grad(lambda f, y: stcl(f, y, implementation="pallas")), feats, labels)
+    assert count.total == stcl_flops("pallas", b, h * w, t * h * w, d, positive_fraction=1.0)

@@ -14,6 +14,7 @@ LIBRARY_FOLDERS = ("models", "losses", "kernels", "data", "training", "evaluatio
 FORBIDDEN = {
     "models": ("data", "training", "evaluation", "configs", "convert", "workdir"),
     "losses": ("models", "data", "training", "evaluation", "configs", "convert", "workdir"),
+    "kernels": ("models", "data", "training", "evaluation", "configs", "convert", "workdir", "losses"),
     "data": ("models", "losses", "training", "evaluation", "configs", "convert", "workdir"),
     "evaluation": ("training",),
     "configs": ("training", "evaluation", "convert", "workdir"),

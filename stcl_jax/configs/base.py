@@ -127,7 +127,9 @@ def base_config() -> ml_collections.ConfigDict:
     c.loss.contrast_scope = "clip"    # "clip" (paper) or "batch": see stcl_jax.losses.stcl
     c.loss.stcl_pool = 1              # average-pool the embeddings by this factor before the contrast
     c.loss.stcl_max_anchors = 0       # > 0: sample this many query pixels per clip as anchors (0 = all)
-    c.loss.stcl_implementation = "rows"  # "rows" (3 GEMM passes), "tiled" (least memory), "dense" (baseline)
+    # "rows" (3 GEMM passes), "tiled" (least memory), "dense" (baseline), "pallas" (Pallas kernels; interpret mode
+    # on a CPU), "auto" (= "rows" until a GPU / TPU measurement says otherwise): see stcl_jax.losses.stcl
+    c.loss.stcl_implementation = "rows"
 
     c.mesh = ml_collections.ConfigDict()
     c.mesh.fsdp = False               # True: shard params + optimizer state over the "data" axis (ZeRO-3 style)

@@ -7,12 +7,16 @@ Positives P_i share i's label, negatives N_i have another one; with s = cosine /
     L(i) = 1/|P_i| sum_{p in P_i} -log( exp(s_ip) / (exp(s_ip) + sum_{n in N_i} exp(s_in)) ),
 
 anchors without a positive are left out, and the loss is the mean of L(i) over the kept anchors of the whole
-batch (0 when none is kept; the gradient is then 0 too). Three exact implementations (`implementation=`):
+batch (0 when none is kept; the gradient is then 0 too). Four exact implementations (`implementation=`):
   "rows" (default, `contrast_rows.py`): per anchor tile the full score rows (B, ta, N) in float32, the loss and
       its gradient in one forward sweep: 3 GEMM passes, memory O(ta x N) per group;
   "tiled" (`contrast_tiles.py`): (B, ta, tc) score blocks only and a custom backward sweep: 5 GEMM passes,
       memory O(ta x tc), and `sort_by_label` can skip positive-pass tiles;
-  "dense": the full (M, N) score matrix and plain autodiff (a baseline; quadratic memory).
+  "dense": the full (M, N) score matrix and plain autodiff (a baseline; quadratic memory);
+  "pallas" (`kernels/stcl_contrast.py`): flash-style Pallas kernels, the score tiles never leave the chip
+      (Triton on GPUs, Mosaic on TPUs, interpret mode on a CPU): 4 + 2 f GEMM passes (f: the fraction of tile
+      pairs holding a positive pair, small since it sorts the pixels by label by default), memory O((M + N) D).
+"auto" is "rows" on every back end for now: no GPU or TPU measurement of "pallas" against "rows" exists yet.
 `stcl_flops` gives their GEMM FLOPs (XLA's cost analysis counts a scan body once).
 
 Label rule (`downsample_labels`): output pixel (y, x) of an (h, w) map taken from an (H, W) map is input pixel
@@ -27,12 +31,16 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from stcl_jax.kernels.stcl_contrast import pallas_contrast
 from stcl_jax.losses.contrast_rows import default_anchor_tile, rows_contrast
 from stcl_jax.losses.contrast_tiles import dense_contrast, tiled_contrast
 
 _SCOPES = ("clip", "batch")
 # GEMM-sized passes of 2 x M x N x D FLOPs per group, forward + backward.
-_PASSES = {"rows": 3, "tiled": 5, "dense": 3}
+_PASSES = {"rows": 3, "tiled": 5, "dense": 3, "pallas": 6}
+IMPLEMENTATIONS = ("rows", "tiled", "dense", "pallas", "auto")
+# What "auto" means, per back end: "rows" everywhere until a GPU / TPU measurement says otherwise.
+AUTO = "rows"
 
 
 def downsample_labels(labels, size, ignore_index=255):
@@ -59,11 +67,15 @@ def stcl_flops(implementation, groups, anchors, contrast, dim, positive_fraction
     clip (h x w, or max_anchors), contrast_scope "clip" is (B, A, T h w) and "batch" (1, B A, B T h w).
     Passes: "rows" 3 (scores, dz_anchor, dz_contrast), "tiled" 4 + positive_fraction (negatives, positives on
     that fraction of tiles, 1 unless sort_by_label; backward scores, dz_anchor, dz_contrast), "dense" 3 (scores
-    and the two products of autodiff). Padding of the anchors to the tile size is not counted.
+    and the two products of autodiff), "pallas" 4 + 2 positive_fraction (scores + negatives' dz_anchor, the same
+    two for the positives on the tiles holding one, which it skips by itself: 1 counts every tile; scores +
+    dz_contrast). Padding of the anchors to the tile size is not counted.
     """
+    implementation = AUTO if implementation == "auto" else implementation
     if implementation not in _PASSES:
-        raise ValueError(f"stcl_flops: implementation must be one of {tuple(_PASSES)}, got {implementation!r}")
-    passes = 4 + float(positive_fraction) if implementation == "tiled" else _PASSES[implementation]
+        raise ValueError(f"stcl_flops: implementation must be one of {IMPLEMENTATIONS}, got {implementation!r}")
+    passes = {"tiled": 4 + float(positive_fraction), "pallas": 4 + 2 * float(positive_fraction)}.get(
+        implementation, _PASSES[implementation])
     return passes * 2.0 * groups * anchors * contrast * dim
 
 
@@ -140,22 +152,40 @@ def _anchors(z, lab, max_anchors, key):
     return jnp.take_along_axis(za, idx[..., None], axis=1), jnp.take_along_axis(la, idx, axis=1), idx
 
 
+@jax.custom_vjp
+def _permute(x, order, inverse):
+    """x (B, L, D) in the order `order` (B, L); `inverse` its inverse permutation, whose gather is the gradient
+    (autodiff would give a scatter-add)."""
+    return jnp.take_along_axis(x, order[..., None], axis=1)
+
+
+def _permute_fwd(x, order, inverse):
+    return _permute(x, order, inverse), inverse
+
+
+def _permute_bwd(inverse, g):
+    return jnp.take_along_axis(g, inverse[..., None], axis=1), None, None
+
+
+_permute.defvjp(_permute_fwd, _permute_bwd)
+
+
 def _sort_by_label(za, la, sa, zc, lc):
     """Anchors and contrast pixels of each group in label order (invalid last); self indices follow along."""
     big = jnp.iinfo(jnp.int32).max
-    oa = jnp.argsort(jnp.where(la >= 0, la, big), axis=1)
-    oc = jnp.argsort(jnp.where(lc >= 0, lc, big), axis=1)
+    oa = jnp.argsort(jnp.where(la >= 0, la, big), axis=1).astype(jnp.int32)
+    oc = jnp.argsort(jnp.where(lc >= 0, lc, big), axis=1).astype(jnp.int32)
     rank_c = jnp.argsort(oc, axis=1).astype(jnp.int32)  # original contrast index -> sorted position
     sa = jnp.take_along_axis(sa, oa, axis=1)
     sa = jnp.where(sa >= 0, jnp.take_along_axis(rank_c, jnp.maximum(sa, 0), axis=1), -1)
-    return (jnp.take_along_axis(za, oa[..., None], axis=1), jnp.take_along_axis(la, oa, axis=1), sa,
-            jnp.take_along_axis(zc, oc[..., None], axis=1), jnp.take_along_axis(lc, oc, axis=1))
+    return (_permute(za, oa, jnp.argsort(oa, axis=1).astype(jnp.int32)), jnp.take_along_axis(la, oa, axis=1), sa,
+            _permute(zc, oc, rank_c), jnp.take_along_axis(lc, oc, axis=1))
 
 
 def spatial_temporal_consistency_loss(features, labels, *, temperature=0.07, ignore_index=255,
                                       contrast_scope="clip", pool=1, max_anchors=None, key=None,
                                       anchor_tile=None, contrast_tile=2048, precision=None,
-                                      sort_by_label=False, implementation="rows"):
+                                      sort_by_label=None, implementation="rows"):
     """STCL loss (module doc) of `features` (B, T, h, w, D) with `labels` (B, T, h, w) -> scalar float32.
 
     Args:
@@ -174,18 +204,27 @@ def spatial_temporal_consistency_loss(features, labels, *, temperature=0.07, ign
       contrast_tile: the largest contrast tile of "tiled" (its score blocks are (B, anchor_tile, contrast_tile));
         "rows" and "dense" do not tile the contrast set. No result depends on the tiles beyond float rounding.
       precision: `jax.lax.Precision` of the einsums (None = backend default; on GPU fp32 may then use TF32).
-      sort_by_label: "tiled" only: sort each group's pixels by label so that the positive pass skips the tiles
-        without a same-label pair (same result; fewer einsum tiles, see BENCHMARKS.md for what it saves).
-      implementation: "rows" (default, 3 GEMM passes), "tiled" (5 passes, the smallest memory) or "dense"
-        (materialises the full score matrix; a baseline for benches); see the module doc.
+      sort_by_label: "tiled" and "pallas" only: sort each group's pixels by label so that the positive pass skips
+        the tiles without a same-label pair (same result; fewer einsum tiles, see BENCHMARKS.md for what it saves).
+        None: True for "pallas" (its small tiles hold a positive pair 99% of the time in row-major order on
+        VSPW-like maps, 8-10% sorted: 4.2 instead of 6 GEMM passes), False otherwise.
+      implementation: "rows" (default, 3 GEMM passes), "tiled" (5 passes, the smallest memory), "dense"
+        (materialises the full score matrix; a baseline for benches), "pallas" (the Pallas kernels; on a CPU in
+        interpret mode; it ignores anchor_tile / contrast_tile: its tiles are `stcl_contrast.TILES`) or "auto"
+        (`AUTO`: "rows"); see the module doc.
     Features may be float32 or bfloat16 (bf16 einsums with float32 accumulation); the result is float32.
     """
     _check_inputs(features, labels, temperature, contrast_scope, pool, max_anchors, key,
                   {"anchor_tile": anchor_tile, "contrast_tile": contrast_tile})
-    if implementation not in _PASSES:
-        raise ValueError(f"STCL: implementation must be one of {tuple(_PASSES)}, got {implementation!r}")
-    if sort_by_label and implementation != "tiled":
-        raise ValueError(f"STCL: sort_by_label=True needs implementation='tiled', got {implementation!r}")
+    if implementation not in IMPLEMENTATIONS:
+        raise ValueError(f"STCL: implementation must be one of {IMPLEMENTATIONS} (config.loss.stcl_implementation), "
+                         f"got {implementation!r}")
+    implementation = AUTO if implementation == "auto" else implementation
+    if sort_by_label is None:
+        sort_by_label = implementation == "pallas"
+    if sort_by_label and implementation not in ("tiled", "pallas"):
+        raise ValueError(f"STCL: sort_by_label=True needs implementation='tiled' or 'pallas', got "
+                         f"{implementation!r}")
     pool = int(pool)
     z = _normalise(features, pool)
     if pool > 1:
@@ -210,11 +249,13 @@ def spatial_temporal_consistency_loss(features, labels, *, temperature=0.07, ign
         ta = balanced_tile(m, cap)
         return rows_contrast(_pad_to(za, ta, 0), _pad_to(la, ta, -1), _pad_to(sa, ta, -1), zc, lc, inv_tau, ta,
                              precision)
+    if sort_by_label:
+        za, la, sa, zc, lc = _sort_by_label(za, la, sa, zc, lc)
+    if implementation == "pallas":
+        return pallas_contrast(za, la, sa, zc, lc, inv_tau, precision=precision)
     if implementation == "dense":
         per_anchor, npos = dense_contrast(za, la, sa, zc, lc, inv_tau, precision)
     else:
-        if sort_by_label:
-            za, la, sa, zc, lc = _sort_by_label(za, la, sa, zc, lc)
         ta = balanced_tile(m, 1024 if anchor_tile is None else int(anchor_tile))
         tc = balanced_tile(n, int(contrast_tile))
         per_anchor, npos = tiled_contrast(_pad_to(za, ta, 0), _pad_to(la, ta, -1), _pad_to(sa, ta, -1),

@@ -1,0 +1,1 @@
+"""stcl_jax.kernels: Pallas kernels (Triton on GPUs, Mosaic on TPUs, interpret mode elsewhere)."""

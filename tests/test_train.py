@@ -24,9 +24,9 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # sends itself a signal, optional signal name (default SIGKILL).
 _CHILD = textwrap.dedent("""
     import json, os, signal, sys
-    from stcl_jax import config_files, distributed
-    from stcl_jax.training import checkpoint, logging, loop
-    logging.setup_logging()
+    from stcl_jax import cli_errors, config_files, distributed
+    from stcl_jax.training import checkpoint, loop
+    cli_errors.quiet_logging()
     distributed.initialize_distributed("auto")
     config = config_files.load_config("configs/swin_t.py:runlocal")
     for key, value in json.loads(sys.argv[2]).items():

@@ -12,7 +12,6 @@ import json
 import logging
 import math
 import os
-import sys
 import time
 
 import jax
@@ -20,13 +19,6 @@ import jax
 from stcl_jax import workdir as workdir_lib
 
 log = logging.getLogger("stcl_jax.train")
-
-
-def setup_logging():
-    """INFO lines of stcl_jax on stdout with a timestamp; other libraries (Orbax, absl) at WARNING."""
-    logging.basicConfig(level=logging.WARNING, stream=sys.stdout, format="%(asctime)s %(levelname)s %(message)s",
-                        force=True)
-    logging.getLogger("stcl_jax").setLevel(logging.INFO)
 
 
 class MetricWriter:

@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
@@ -57,18 +56,6 @@ def old_cross_entropy(logits, labels, ignore_index=255):
     return jnp.sum(jnp.where(valid, nll, 0.0)) / jnp.maximum(jnp.sum(valid, dtype=jnp.float32), 1.0)
 
 
-def timed(fn, args, steps):
-    import jax
-
-    out = fn(*args)
-    jax.block_until_ready(out)
-    t0 = time.perf_counter()
-    for _ in range(steps):
-        out = fn(*args)
-    jax.block_until_ready(out)
-    return (time.perf_counter() - t0) / steps, out
-
-
 def main(argv=None):
     a = parse_args(argv)
     import jax
@@ -92,7 +79,7 @@ def main(argv=None):
         fn = jax.jit(jax.value_and_grad(loss))
         compiled = fn.lower(logits, labels).compile()
         memory = compiled.memory_analysis()
-        seconds, results[name] = timed(compiled, (logits, labels), a.steps)
+        seconds, results[name] = benchlib.timed(compiled, (logits, labels), a.steps)
         figures[f"{name}_ms"] = 1e3 * seconds
         if memory is not None:
             figures[f"{name}_temp_gib"] = memory.temp_size_in_bytes / 2 ** 30

@@ -62,6 +62,19 @@ def _fmt(v):
     return f"{v:.4g}" if isinstance(v, float) else str(v)
 
 
+def timed(fn, args, steps: int):
+    """(seconds per call, last output): one untimed call, then `steps` calls back to back, one block at the end."""
+    import jax
+
+    out = fn(*args)
+    jax.block_until_ready(out)
+    t0 = time.perf_counter()
+    for _ in range(steps):
+        out = fn(*args)
+    jax.block_until_ready(out)
+    return (time.perf_counter() - t0) / steps, out
+
+
 def run_isolated(script: str, argv: list[str], timeout_s: float = 0) -> list[dict]:
     """Runs `python script argv --json TMP` in a fresh process (its own device memory and peak counters) and
     returns its records; a crash or timeout becomes one record with an error status."""

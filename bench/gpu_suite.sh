@@ -14,7 +14,7 @@
 #   environment, jax_train_nostcl, jax_train_stcl (Swin-L UperNet 768x768, 4 clips x 2 frames, bf16; compile,
 #   memory_analysis, device peak, img/s, MFU, 3-step profile by op category), torch_eager, torch_compile_default
 #   (HF UperNet-Swin-L, channels_last, cudnn.benchmark, bf16 autocast, fused AdamW), stcl_loss, resize_ce,
-#   inference_jax, inference_torch (480x853 sliding window, single scale, bf16), input_pipeline (4/8/16 grain
+#   attention_kernel (window attention fwd+bwd per Swin-L stage: XLA einsums vs the Pallas kernels), inference_jax, inference_torch (480x853 sliding window, single scale, bf16), input_pipeline (4/8/16 grain
 #   workers), torch_compile_max_autotune ("max-autotune-no-cudagraphs", minutes of autotuning: last).
 # JAX processes preallocate XLA_PYTHON_CLIENT_MEM_FRACTION (0.90) of the GPU; torch processes never import JAX
 # onto the GPU (and run with XLA_PYTHON_CLIENT_PREALLOCATE=false in case something does); each process starts
@@ -117,6 +117,7 @@ torch_sections() {
 other_sections() {
   section stcl_loss 100 "${jax_env[@]}" -- "$python" bench/stcl_loss.py "${size[@]}"
   section resize_ce 60 "${jax_env[@]}" -- "$python" bench/resize_ce.py "${size[@]}"
+  section attention_kernel 90 "${jax_env[@]}" -- "$python" bench/attention_kernel.py "${size[@]}"
   local infer=(--settings single --score-frames 0)
   [ $smoke = 0 ] && infer+=(--dtype bfloat16 --frames 8)
   section inference_jax 100 "${jax_env[@]}" -- "$python" bench/inference.py --torch off "${infer[@]}" "${size[@]}" \

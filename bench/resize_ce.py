@@ -14,7 +14,6 @@ back to back with one block at the end. Also reported: compiled temporaries, and
 from __future__ import annotations
 
 import argparse
-import time
 
 import benchlib  # noqa: E402  (bench/ is sys.path[0] when a script of it runs)
 
@@ -52,18 +51,6 @@ def old_cross_entropy(logits, labels, ignore_index=255):
     return jnp.sum(jnp.where(valid, nll, 0.0)) / jnp.maximum(jnp.sum(valid, dtype=jnp.float32), 1.0)
 
 
-def timed(fn, args, steps):
-    import jax
-
-    out = fn(*args)
-    jax.block_until_ready(out)
-    t0 = time.perf_counter()
-    for _ in range(steps):
-        out = fn(*args)
-    jax.block_until_ready(out)
-    return (time.perf_counter() - t0) / steps, out
-
-
 def main(argv=None):
     a = parse_args(argv)
     import jax
@@ -87,7 +74,7 @@ def main(argv=None):
         fn = jax.jit(jax.value_and_grad(loss))
         compiled = fn.lower(logits, labels).compile()
         memory = compiled.memory_analysis()
-        seconds, results[name] = timed(compiled, (logits, labels), a.steps)
+        seconds, results[name] = benchlib.timed(compiled, (logits, labels), a.steps)
         figures[f"{name}_ms"] = 1e3 * seconds
         if memory is not None:
             figures[f"{name}_temp_gib"] = memory.temp_size_in_bytes / 2 ** 30

@@ -9,7 +9,7 @@ The step is the real `stcl_jax.training.loop.make_train_step` (AOT-compiled once
 the local devices) on random clips. The config is configs/swin_l.py for `--size large` (base.base_config +
 base.model otherwise), so the STCL placement is the training default unless `--stcl-feature` (->
 model.projection.feature), `--stcl-pool` (-> loss.stcl_pool) or `--stcl-impl` (-> loss.stcl_implementation, where
-the config has that field) say otherwise.
+the config has that field) say otherwise; `--attention-impl` sets model.attention_impl (e.g. "pallas").
 
 Reported (one record per variant, see bench/benchlib.py): compile s, XLA `memory_analysis()` (arguments, outputs,
 temporaries), the device's peak bytes in use (a fresh process per variant, so the peak is this variant's; n/a
@@ -44,6 +44,8 @@ def parse_args(argv=None):
     p.add_argument("--steps", type=int, default=10, help="timed steps, dispatched back to back")
     p.add_argument("--warmup", type=int, default=2, help="untimed steps after compilation")
     p.add_argument("--remat", action="store_true", help="rematerialise Swin blocks (less memory, more FLOPs)")
+    p.add_argument("--attention-impl", default="", choices=["", "xla", "cudnn", "pallas", "auto"],
+                   help="model.attention_impl ('' = the config's); pallas: the fused kernels of stcl_jax.kernels")
     p.add_argument("--stcl-feature", default="", help="model.projection.feature (fused, stage1..stage4)")
     p.add_argument("--stcl-pool", type=int, default=0, help="loss.stcl_pool (0 = the config's)")
     p.add_argument("--stcl-impl", default="", help="loss.stcl_implementation (where the config has it)")
@@ -85,6 +87,8 @@ def make_config(args, stcl: bool):
     c.model.unlock()
     c.model.dtype = args.dtype
     c.model.remat = args.remat
+    if args.attention_impl:
+        c.model.attention_impl = args.attention_impl
     c.lock()
     return c
 

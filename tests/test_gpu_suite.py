@@ -14,7 +14,8 @@ import suite_report  # noqa: E402
 import train_step  # noqa: E402
 
 SECTIONS = {"environment", "jax_train_nostcl", "jax_train_stcl", "resize_ce", "torch_eager", "torch_compile_default",
-            "stcl_loss", "inference_jax", "inference_torch", "input_pipeline", "torch_compile_max_autotune"}
+            "stcl_loss", "attention_kernel", "inference_jax", "inference_torch", "input_pipeline",
+            "torch_compile_max_autotune"}
 CPU_SKIPS = {"torch_compile_default", "torch_compile_max_autotune"}  # torch.compile is GPU-only in the suite
 
 
@@ -94,6 +95,8 @@ def test_component_figures(smoke):
     sections = _by_section(records)
     resize = sections["resize_ce"][0]["figures"]
     assert resize["old_ms"] > 0 and resize["new_ms"] > 0 and resize["grad_rel_l2_diff"] < 1e-5
+    attention = [r["figures"] for r in sections["attention_kernel"]]
+    assert len(attention) == 4 and all(f["pallas_max_rel_l2_vs_xla"] < 1e-5 and f["pallas_ms"] > 0 for f in attention)
     assert sections["inference_torch"][0]["figures"]["agreement"] > 0.99
     assert sections["inference_jax"][0]["figures"]["jax_frames_per_s"] > 0
     pipeline = sections["input_pipeline"][0]["figures"]

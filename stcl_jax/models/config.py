@@ -26,7 +26,9 @@ Transformer (stcl_jax.models.backbones.cswin; `model_config("micro", backbone="c
   remat_policy (with remat: "full" recomputes the whole block; "dots" keeps the outputs of its matmuls without
                 batch dimensions, i.e. the Dense layers, and recomputes the rest: attention, norms, GELU),
   attention_impl ("xla": einsum window attention | "cudnn": the regular windows through cuDNN's fused attention,
-                  GPU only and not yet measured)
+                  GPU only and not yet measured | "pallas": every window through the fused Pallas kernels of
+                  stcl_jax.kernels.window_attention, Triton / Mosaic / CPU interpret mode, not yet measured on a
+                  GPU or TPU | "auto": "xla" for now, swin.resolve_attention_impl)
 """
 
 from __future__ import annotations
@@ -73,8 +75,9 @@ DEFAULT_PROJECTION_FEATURE = "stage2"
 
 # model.remat_policy values (the jax.checkpoint policy of each: stcl_jax.models.swin.remat_policy).
 REMAT_POLICIES = ("full", "dots")
-# model.attention_impl values: "xla" (einsums, bf16 probabilities saved) | "cudnn" (regular windows fused by cuDNN).
-ATTENTION_IMPLS = ("xla", "cudnn")
+# model.attention_impl values: "xla" (einsums, bf16 probabilities saved) | "cudnn" (regular windows fused by cuDNN)
+# | "pallas" (all windows through stcl_jax.kernels.window_attention) | "auto" (= "xla" until measured otherwise).
+ATTENTION_IMPLS = ("xla", "cudnn", "pallas", "auto")
 
 # Keyword shortcuts accepted by model_config for the most common overrides.
 _SHORTCUTS = {

@@ -22,6 +22,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from stcl_jax.kernels.window_attention import window_attention
+from stcl_jax.models.config import ATTENTION_IMPLS
+
 Dtype = Any
 LN_EPS = 1e-5  # PyTorch nn.LayerNorm default.
 
@@ -75,6 +78,15 @@ def _softmax_low_precision_bwd(dtype, probs, grad):
 softmax_low_precision.defvjp(_softmax_low_precision_fwd, _softmax_low_precision_bwd)
 
 
+def resolve_attention_impl(name: str) -> str:
+    """The window-attention path of `model.attention_impl`: "xla" | "cudnn" | "pallas" as named; "auto" is "xla"
+    on every platform for now: no GPU or TPU measurement of the Pallas kernel exists yet (bench/attention_kernel.py
+    is the one to make), so nothing justifies another default."""
+    if name not in ATTENTION_IMPLS:
+        raise ValueError(f"model.attention_impl={name!r}: expected one of {ATTENTION_IMPLS}")
+    return "xla" if name == "auto" else name
+
+
 def remat_policy(name: str):
     """The `jax.checkpoint` policy of `model.remat_policy`: "full" saves nothing (the whole block is recomputed),
     "dots" saves the outputs of the matmuls without batch dimensions (the Dense layers qkv, proj, fc1, fc2)."""
@@ -118,6 +130,21 @@ class DropPath(nn.Module):
         return jnp.where(mask, x / keep, jnp.zeros_like(x))
 
 
+def einsum_attention(q, k, v, bias, region_ids: np.ndarray | None = None):
+    """The "xla" path: softmax(q k^T + bias [+ shift mask]) v with einsums, q already scaled; q, k, v (B, nW, N,
+    heads, d), bias (heads, N, N) float32, region_ids (nW, N) or None. Float32 inputs: exact float32 softmax;
+    lower precision: `softmax_low_precision` (float32 statistics, probabilities saved in q's dtype)."""
+    bias = bias[None, None]                                            # (1, 1, heads, N, N)
+    if region_ids is not None:
+        bias = bias + shift_attention_mask(region_ids)[None, :, None]  # (1, nW, heads, N, N)
+    logits = jnp.einsum("bwqhd,bwkhd->bwhqk", q, k).astype(jnp.float32) + bias
+    if q.dtype == jnp.float32:
+        probs = jax.nn.softmax(logits, axis=-1)
+    else:
+        probs = softmax_low_precision(logits, q.dtype)
+    return jnp.einsum("bwhqk,bwkhd->bwqhd", probs, v)
+
+
 class WindowAttention(nn.Module):
     """Multi-head self attention inside windows with a learned relative-position bias.
 
@@ -129,6 +156,9 @@ class WindowAttention(nn.Module):
     see BENCHMARKS.md). The shifted windows stay on the einsum path: their per-window mask would have to broadcast
     over the batch there. (`implementation=None` is XLA's einsum attention on jax 0.10-0.11, which keeps float32
     and bf16 probabilities for the backward, 6 bytes per element: so it is not used.)
+    `attention_impl="pallas"` sends regular and shifted windows to the fused Pallas kernels
+    (`stcl_jax.kernels.window_attention`: Triton on GPU, Mosaic on TPU, interpret mode on the CPU), which keep no
+    (N, N) array in HBM and save only q, k, v; "auto" is "xla" (see `resolve_attention_impl`).
     """
     dim: int
     num_heads: int
@@ -150,21 +180,14 @@ class WindowAttention(nn.Module):
         qkv = nn.Dense(3 * c, use_bias=self.qkv_bias, dtype=self.dtype, name="qkv")(x)
         qkv = qkv.reshape(b, nw, n, 3, self.num_heads, head_dim)
         q, k, v = qkv[..., 0, :, :], qkv[..., 1, :, :], qkv[..., 2, :, :]
-        if region_ids is None and self.attention_impl == "cudnn":
+        impl = resolve_attention_impl(self.attention_impl)
+        if region_ids is None and impl == "cudnn":
             flat = lambda t: t.reshape(b * nw, n, self.num_heads, head_dim)  # noqa: E731
             out = jax.nn.dot_product_attention(flat(q), flat(k), flat(v), bias=bias[None].astype(q.dtype),
                                                scale=head_dim**-0.5, implementation="cudnn")
         else:
-            bias = bias[None, None]                                       # (1, 1, heads, N, N)
-            if region_ids is not None:
-                bias = bias + shift_attention_mask(region_ids)[None, :, None]  # (1, nW, heads, N, N)
-            q = q * jnp.asarray(head_dim**-0.5, q.dtype)
-            logits = jnp.einsum("bwqhd,bwkhd->bwhqk", q, k).astype(jnp.float32) + bias
-            if jnp.dtype(self.dtype) == jnp.float32:
-                probs = jax.nn.softmax(logits, axis=-1)
-            else:
-                probs = softmax_low_precision(logits, jnp.dtype(self.dtype))
-            out = jnp.einsum("bwhqk,bwkhd->bwqhd", probs, v)
+            attend = window_attention if impl == "pallas" else einsum_attention
+            out = attend(q * jnp.asarray(head_dim**-0.5, q.dtype), k, v, bias, region_ids)
         return nn.Dense(c, dtype=self.dtype, name="proj")(out.reshape(b, nw, n, c))
 
 

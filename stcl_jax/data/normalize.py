@@ -1,8 +1,8 @@
 """Image normalisation, once for training (host or device) and inference: mmseg's `Normalize` in 0..255 units.
 
 Every path computes `x * inv_std - shift` in float32 with `inv_std = 1/std` and `shift = mean/std` rounded from
-float64 (`scale_and_shift`), so the host pipeline, the train step's on-device normalisation and inference give
-bit-identical inputs for the same pixels.
+float64 (`scale_and_shift`): the host pipeline, the train step's on-device normalisation and inference use one
+formula (inside jit, XLA may fuse it into an FMA, which can differ from the host's result by an ulp).
 """
 
 from __future__ import annotations

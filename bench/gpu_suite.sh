@@ -15,7 +15,7 @@
 #   memory_analysis, device peak, img/s, MFU, 3-step profile by op category), torch_eager, torch_compile_default
 #   (HF UperNet-Swin-L, channels_last, cudnn.benchmark, bf16 autocast, fused AdamW), stcl_loss, resize_ce,
 #   attention_kernel (window attention fwd+bwd per Swin-L stage: XLA einsums vs the Pallas kernels), inference_jax, inference_torch (480x853 sliding window, single scale, bf16), input_pipeline (4/8/16 grain
-#   workers), torch_compile_max_autotune ("max-autotune-no-cudagraphs", minutes of autotuning: last).
+#   workers), jax_train_kernels (the train step with both Pallas kernels), torch_compile_max_autotune ("max-autotune-no-cudagraphs", minutes of autotuning: last).
 # JAX processes preallocate XLA_PYTHON_CLIENT_MEM_FRACTION (0.90) of the GPU; torch processes never import JAX
 # onto the GPU (and run with XLA_PYTHON_CLIENT_PREALLOCATE=false in case something does); each process starts
 # with a fresh allocator, so every peak is its own. Extra train-step flags: SUITE_TRAIN_FLAGS (e.g.
@@ -105,6 +105,15 @@ train_sections() {
     "${train_flags[@]}" --profile-dir "$parts/prof_stcl"
 }
 
+kernel_sections() {  # the whole step with both Pallas kernels, beside the two XLA steps of train_sections
+  if [ $smoke = 1 ]; then  # interpret mode on a CPU: tests/test_kernels_train_step.py checks its numbers
+    skip jax_train_kernels "the Pallas kernels run in interpret mode on a CPU (slow, not a speed)"
+  else
+    section jax_train_kernels 150 "${jax_env[@]}" -- "$python" bench/train_step.py --stcl on \
+      --attention-impl pallas --stcl-impl pallas "${train_flags[@]}"
+  fi
+}
+
 torch_sections() {
   section torch_eager 90 "${torch_env[@]}" -- "$python" bench/torch_step.py --mode eager "${size[@]}"
   if [ $smoke = 1 ]; then
@@ -134,12 +143,13 @@ if [ $lanes = 1 ]; then
   train_sections
   torch_sections
   other_sections
+  kernel_sections
   section torch_compile_max_autotune 400 "${torch_env[@]}" -- "$python" bench/torch_step.py \
     --mode max-autotune-no-cudagraphs
 else
   train_sections &
   lane1=$!
-  { torch_sections; other_sections; } &
+  { torch_sections; other_sections; kernel_sections; } &
   lane2=$!
   wait "$lane1" "$lane2"
   skip torch_compile_max_autotune "torch.compile is not run on the CPU (see torch_compile_default); GPU only"

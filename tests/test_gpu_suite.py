@@ -15,8 +15,9 @@ import train_step  # noqa: E402
 
 SECTIONS = {"environment", "jax_train_nostcl", "jax_train_stcl", "resize_ce", "torch_eager", "torch_compile_default",
             "stcl_loss", "attention_kernel", "inference_jax", "inference_torch", "input_pipeline",
-            "torch_compile_max_autotune"}
-CPU_SKIPS = {"torch_compile_default", "torch_compile_max_autotune"}  # torch.compile is GPU-only in the suite
+            "jax_train_kernels", "torch_compile_max_autotune"}
+CPU_SKIPS = {"torch_compile_default", "torch_compile_max_autotune",
+             "jax_train_kernels"}  # GPU-only: torch.compile; the Pallas kernels only interpret on a CPU  # torch.compile is GPU-only in the suite
 
 
 def _stcl_bench_has_smoke() -> bool:

@@ -78,6 +78,21 @@ def test_kernel_matches_xla_path_float32(window, grid, shifted, variant, groups)
         _assert_close(got, want, 1e-5)
 
 
+@pytest.mark.parametrize("heads,head_dim,shifted", [(2, 16, True), (4, 32, True), (4, 32, False)])
+def test_kernel_matches_xla_path_at_the_demo_small_stages(heads, head_dim, shifted):
+    """configs/demo.py:runlocal at a 32x48 crop: stages 3-4 (2x3 / 1x2 tokens) are one 4x4 window of mostly
+    padded tokens (nW=1, N=16), shifted by 2 in stage 3's second block; 2 frames per clip."""
+    shape = (2, 1, 16, heads, head_dim)
+    ids = window_region_ids(4, 4, 4, 2) if shifted else None
+    q, k, v, bias, dout = _inputs(jax.random.key(heads), shape)
+    out, vjp = jax.jit(lambda *a: jax.vjp(lambda *b: window_attention(*b, ids, backend="interpret"), *a))(
+        q, k, v, bias)
+    ref, ref_grads = jax.jit(functools.partial(_xla_value_and_grads, ids))(q, k, v, bias, dout)
+    _assert_close(out, ref, 1e-5)
+    for got, want in zip(jax.jit(vjp)(dout), ref_grads):
+        _assert_close(got, want, 1e-5)
+
+
 def test_kernel_bfloat16_no_worse_than_xla_bf16_path():
     """bf16 q, k, v: the kernel's output and gradients are within 2x (+ 1e-3 of the scale) of the XLA bf16 path's
     own error against float32 attention on the same bf16 inputs, and both within 3% of the scale."""

@@ -5,7 +5,7 @@
 q, k, v: (B, nW, N, heads, d) (the layout of `stcl_jax.models.swin.WindowAttention`), bias: (heads, N, N) float32
 (the relative-position bias, gathered from its table by the caller, who also gets its gradient back through the
 gather), region_ids: None (regular windows) or the (nW, N) per-token region ids of shifted windows
-(`swin.window_region_ids`, a NumPy constant): tokens of different regions get -100 added, as in the official code.
+(`window_region_ids`, a NumPy constant): tokens of different regions get -100 added, as in the official code.
 The shift mask is built inside the kernel from those per-token ids; no (nW, N, N) mask and no (B, nW, heads, N,
 N) score array is ever written to HBM. Softmax statistics are float32, the output is in q's dtype. The custom
 VJP saves only its inputs q, k, v and bias: no probabilities (the XLA path keeps them in bf16) and no output.
@@ -138,6 +138,21 @@ def window_attention(q, k, v, bias, region_ids=None, *, backend=None, variant=No
     return attend(q, k, v, bias)
 
 
+def window_region_ids(height: int, width: int, window: int, shift: int) -> np.ndarray:
+    """(num_windows, N) int8 region id (0..8) of every token of the rolled, padded (height, width) map.
+
+    Regions are the 3x3 slices [0, -window), [-window, -shift), [-shift, end) along each axis of the padded map;
+    tokens of a window may attend only to tokens from the same region (official Swin / mmseg construction).
+    """
+    def regions(n):
+        idx = np.arange(n)
+        return (idx >= n - window).astype(np.int8) + (idx >= n - shift).astype(np.int8)
+
+    img = regions(height)[:, None] * 3 + regions(width)[None, :]
+    win = img.reshape(height // window, window, width // window, window).transpose(0, 2, 1, 3)
+    return win.reshape(-1, window * window)
+
+
 # ------------------------------------------------------------------------------------------------ lowering CLI
 SWIN_L = dict(crop=768, images=8, window=12, dims=(192, 384, 768, 1536), heads=(6, 12, 24, 48))
 SMALL = dict(crop=96, images=1, window=12, dims=(32, 64), heads=(1, 2))
@@ -146,8 +161,6 @@ SMALL = dict(crop=96, images=1, window=12, dims=(32, 64), heads=(1, 2))
 def stage_cases(spec: dict):
     """(tag, (B, nW, N, heads, d) shape, region ids or None) of every stage of `spec` (SWIN_L or SMALL), regular
     and shifted windows, the feature maps padded to window multiples as SwinBlock does."""
-    from stcl_jax.models.swin import window_region_ids  # noqa: PLC0415 (swin imports this module)
-
     ws, cases = spec["window"], []
     for stage, (dim, heads) in enumerate(zip(spec["dims"], spec["heads"])):
         tokens = spec["crop"] // 4 // 2**stage

@@ -22,7 +22,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from stcl_jax.kernels.window_attention import window_attention
+from stcl_jax.kernels.window_attention import window_attention, window_region_ids
 from stcl_jax.models.config import ATTENTION_IMPLS
 
 Dtype = Any
@@ -34,21 +34,6 @@ def relative_position_index(window: int) -> np.ndarray:
     coords = np.stack(np.meshgrid(np.arange(window), np.arange(window), indexing="ij")).reshape(2, -1)
     rel = (coords[:, :, None] - coords[:, None, :]).transpose(1, 2, 0) + (window - 1)
     return (rel[..., 0] * (2 * window - 1) + rel[..., 1]).astype(np.int32)
-
-
-def window_region_ids(height: int, width: int, window: int, shift: int) -> np.ndarray:
-    """(num_windows, N) int8 region id (0..8) of every token of the rolled, padded (height, width) map.
-
-    Regions are the 3x3 slices [0, -window), [-window, -shift), [-shift, end) along each axis of the padded map;
-    tokens of a window may attend only to tokens from the same region (official Swin / mmseg construction).
-    """
-    def regions(n):
-        idx = np.arange(n)
-        return (idx >= n - window).astype(np.int8) + (idx >= n - shift).astype(np.int8)
-
-    img = regions(height)[:, None] * 3 + regions(width)[None, :]
-    win = img.reshape(height // window, window, width // window, window).transpose(0, 2, 1, 3)
-    return win.reshape(-1, window * window)
 
 
 def shift_attention_mask(region_ids: np.ndarray) -> jax.Array:
